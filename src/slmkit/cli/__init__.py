@@ -1,0 +1,64 @@
+"""The ``slm`` command line.
+
+One Typer app; each verb lives in its own module under ``slmkit.cli`` and is
+registered by importing it (see ``VERBS``). User errors (``SlmError``) print
+one line and exit with code 2; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from .app import app, console, state
+
+# Order here is the order in `slm --help`.
+VERBS = ("models", "plan", "eval", "generate", "chat", "finetune", "augment", "prune",
+         "distill", "synth", "quantize", "export", "serve", "build")
+
+
+def _register() -> None:
+    for verb in VERBS:
+        try:
+            importlib.import_module(f"slmkit.cli.{verb}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"slmkit.cli.{verb}":
+                raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``slm``."""
+    from ..errors import SlmError
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _register()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:
+        argv.remove("--debug")
+        state["debug"] = True
+    try:
+        app(args=argv, prog_name="slm", standalone_mode=False)
+    except SlmError as exc:
+        if state["debug"]:
+            raise
+        console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors and the like
+        import click
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        if state["debug"]:
+            raise
+        console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}".splitlines()[0],
+                      highlight=False, soft_wrap=True)
+        console.print("  (run again with --debug for the traceback)")
+        sys.exit(1)

@@ -1,0 +1,27 @@
+"""The Typer app every verb module registers on, and shared CLI helpers."""
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="slm",
+    help="Make your own small language model: select, compress, adapt, evaluate and deploy "
+         "it on the hardware you have.\n\nAdd --debug to any command to see full tracebacks.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+state = {"debug": False}
+
+
+def print_json(obj) -> None:
+    """Machine-readable output for --json: one JSON document on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")

@@ -1,0 +1,149 @@
+"""Domain data: read files or built-in corpora, split, tokenize, pack.
+
+A *record* is a dict with one of: ``text``; ``prompt`` + ``response``;
+``messages`` (chat, a list of ``{role, content}``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import SlmError
+from .corpora import CORPORA
+
+SUFFIXES = (".txt", ".md", ".jsonl")
+
+
+def read_records(spec: str | Path) -> list[dict]:
+    """Records from a built-in corpus name, a file, or a directory of files.
+
+    Raises:
+        SlmError: missing path, unknown suffix, bad JSONL line, or no text at all.
+    """
+    s = str(spec)
+    if s in CORPORA:
+        records = CORPORA[s]()
+    else:
+        path = Path(s).expanduser()
+        if not path.exists():
+            raise SlmError(f"data '{s}' not found", "pass a .txt/.md/.jsonl file, a directory "
+                           f"of them, or a built-in corpus: {', '.join(CORPORA)}")
+        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES) if path.is_dir() \
+            else [path]
+        if not files:
+            raise SlmError(f"no .txt, .md or .jsonl files in {path}", "add data files")
+        records = [r for f in files for r in _read_file(f)]
+    if not any(record_text(r).strip() for r in records):
+        raise SlmError(f"data '{s}' is empty", "give it some text")
+    return records
+
+
+def _read_file(path: Path) -> list[dict]:
+    if path.suffix not in SUFFIXES:
+        raise SlmError(f"{path}: unsupported file type '{path.suffix}'",
+                       f"use one of {', '.join(SUFFIXES)}")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix != ".jsonl":
+        return [{"text": t, "id": f"{path.name}#{i}"} for i, t in enumerate(_paragraphs(text))]
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SlmError(f"{path}:{n}: not valid JSON ({exc.msg})", "fix that line") from exc
+        validate_record(rec, f"{path}:{n}")
+        rec.setdefault("id", f"{path.name}:{n}")
+        out.append(rec)
+    return out
+
+
+def _paragraphs(text: str, target: int = 1500) -> list[str]:
+    from .corpora import _chunks
+    return _chunks(text, target) if text.strip() else []
+
+
+def validate_record(rec, where: str) -> None:
+    ok = isinstance(rec, dict) and (
+        isinstance(rec.get("text"), str)
+        or (isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str))
+        or (isinstance(rec.get("messages"), list) and all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in rec["messages"])))
+    if not ok:
+        raise SlmError(f"{where}: record needs 'text', or 'prompt' and 'response', or "
+                       "'messages' (list of {role, content})", "fix that line")
+
+
+def record_text(rec: dict, tokenizer=None) -> str:
+    """The record as one string (chat records through the tokenizer's template)."""
+    if "text" in rec:
+        return rec["text"]
+    if "prompt" in rec:
+        return f"{rec['prompt']}\n{rec['response']}"
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(rec["messages"], tokenize=False)
+    return "\n".join(f"{m['role']}: {m['content']}" for m in rec["messages"])
+
+
+def split(records: list[dict], val_fraction: float = 0.1) -> tuple[list[dict], list[dict]]:
+    """Deterministic train/validation split by a hash of each record's id and text."""
+    if not 0 <= val_fraction < 1:
+        raise SlmError(f"val_fraction {val_fraction} must be in [0, 1)")
+    train, val = [], []
+    for r in records:
+        key = f"{r.get('id', '')}\x00{record_text(r)}".encode()
+        h = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") / 2**64
+        (val if h < val_fraction else train).append(r)
+    if val_fraction > 0 and not val and len(train) > 1:
+        val.append(train.pop())
+    return train, val
+
+
+def load_split(spec: str | Path, which: str = "train", val_fraction: float = 0.1) -> list[dict]:
+    """``train``, ``val`` or ``all`` records of ``spec``."""
+    records = read_records(spec)
+    if which == "all":
+        return records
+    train, val = split(records, val_fraction)
+    return train if which == "train" else val
+
+
+def tokenize_records(records: list[dict], tokenizer) -> list[list[int]]:
+    """Token ids of each record, each ending in EOS."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for r in records:
+        ids = tokenizer(record_text(r, tokenizer), add_special_tokens=False)["input_ids"]
+        out.append(ids + ([eos] if eos is not None else []))
+    return out
+
+
+def pack(docs: list[list[int]], block_size: int, drop_last: bool = True) -> torch.Tensor:
+    """Concatenate documents and cut into blocks: (N, block_size) int64."""
+    flat = [t for d in docs for t in d]
+    n = len(flat) // block_size
+    if n == 0:
+        raise SlmError(f"data has {len(flat)} tokens, fewer than one block of {block_size}",
+                       "add more data or lower the sequence length")
+    if not drop_last and len(flat) % block_size:
+        n += 1
+        flat = flat + flat[: n * block_size - len(flat)]
+    return torch.tensor(flat[: n * block_size], dtype=torch.long).view(n, block_size)
+
+
+def token_stream(spec: str | Path, tokenizer, which: str = "val",
+                 max_tokens: int | None = None) -> list[int]:
+    """All tokens of one split as one list (for perplexity)."""
+    ids = [t for d in tokenize_records(load_split(spec, which), tokenizer) for t in d]
+    return ids[:max_tokens] if max_tokens else ids
+
+
+def blocks(spec: str | Path, tokenizer, block_size: int, which: str = "train",
+           max_blocks: int | None = None) -> torch.Tensor:
+    """Packed token blocks of one split: (N, block_size)."""
+    out = pack(tokenize_records(load_split(spec, which), tokenizer), block_size)
+    return out[:max_blocks] if max_blocks else out

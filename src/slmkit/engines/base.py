@@ -1,0 +1,101 @@
+"""What every inference engine offers, and the text streaming they share."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+import torch
+
+
+@dataclass
+class GenStats:
+    """Filled in while a stream runs."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "length"
+    ttft_s: float = 0.0          # time to first token (prefill + first sample)
+    decode_s: float = 0.0        # time for the remaining tokens
+    token_ids: list[int] = field(default_factory=list)
+
+
+class Engine(Protocol):
+    """A loaded model that can tokenize, score and generate."""
+
+    name: str
+    context_length: int
+    eos_ids: set[int]
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]: ...
+    def detokenize(self, ids: list[int]) -> str: ...
+    def chat_prompt(self, messages: list[dict]) -> str: ...
+    def logits(self, ids: list[int]) -> torch.Tensor: ...           # (T, vocab) float32
+    def token_ids(self, prompt_ids: list[int], max_tokens: int, temperature: float,
+                  top_p: float, seed: int | None, stats: GenStats,
+                  ignore_eos: bool = False) -> Iterator[int]: ...
+
+
+def stream_text(engine: Engine, prompt: str | list[int], *, max_tokens: int = 256,
+                temperature: float = 0.7, top_p: float = 0.95, seed: int | None = None,
+                stop: list[str] | tuple[str, ...] = (), ignore_eos: bool = False,
+                stats: GenStats | None = None) -> Iterator[str]:
+    """Generate text, yielding it piece by piece as tokens arrive.
+
+    Stop strings end the stream and are not returned; text that might be the
+    start of a stop string is held back until it is known not to be.
+    """
+    stats = stats if stats is not None else GenStats()
+    ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+    if not ids:
+        ids = engine.tokenize(" ")
+    stats.prompt_tokens = len(ids)
+    out_ids: list[int] = []
+    emitted = ""
+    for tok in engine.token_ids(ids, max_tokens, temperature, top_p, seed, stats, ignore_eos):
+        out_ids.append(tok)
+        text = engine.detokenize(out_ids)
+        if text.endswith("\ufffd"):          # an incomplete UTF-8 sequence: wait
+            continue
+        cut = _find_stop(text, stop)
+        if cut is not None:
+            stats.finish_reason = "stop"
+            if cut > len(emitted):
+                yield text[len(emitted):cut]
+            return
+        safe = len(text) - _partial_stop(text, stop)
+        if safe > len(emitted):
+            yield text[len(emitted):safe]
+            emitted = text[:safe]
+    text = engine.detokenize(out_ids)
+    if len(text) > len(emitted):
+        yield text[len(emitted):]
+
+
+def _find_stop(text: str, stop) -> int | None:
+    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _partial_stop(text: str, stop) -> int:
+    """Length of the longest suffix of ``text`` that is a prefix of a stop string."""
+    best = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                best = max(best, k)
+                break
+    return best
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float,
+           gen: torch.Generator | None) -> int:
+    """Greedy when temperature is 0, else nucleus sampling (Holtzman et al. 2020)."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, idx = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < top_p       # always keeps the top token
+        sorted_p = sorted_p * keep
+        return int(idx[torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)])
+    return int(torch.multinomial(probs, 1, generator=gen))

@@ -1,0 +1,67 @@
+"""PyTorch engine: any model ``slmkit.load`` accepts, run by transformers."""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import torch
+
+from ..models.io import SLM
+from .base import GenStats, sample
+
+
+class HFEngine:
+    name = "pytorch"
+
+    def __init__(self, slm: SLM):
+        self.slm = slm
+        self.model = slm.model.eval()
+        self.tok = slm.tokenizer
+        cfg = self.model.config
+        self.context_length = int(getattr(cfg, "max_position_embeddings", 2048))
+        eos = cfg.eos_token_id if cfg.eos_token_id is not None else self.tok.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        if self.tok.eos_token_id is not None:
+            self.eos_ids.add(self.tok.eos_token_id)
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.tok(text, add_special_tokens=special)["input_ids"]
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        from ..data import record_text
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template(messages, tokenize=False,
+                                                add_generation_prompt=True)
+        return record_text({"messages": messages}) + "\nassistant:"
+
+    @torch.inference_mode()
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids])
+        return self.model(x).logits[0].float()        # (T, vocab)
+
+    @torch.inference_mode()
+    def token_ids(self, prompt_ids: list[int], max_tokens: int, temperature: float,
+                  top_p: float, seed: int | None, stats: GenStats,
+                  ignore_eos: bool = False) -> Iterator[int]:
+        from transformers import DynamicCache
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        cache = DynamicCache()
+        x = torch.tensor([prompt_ids])
+        t0 = time.perf_counter()
+        for i in range(max_tokens):
+            out = self.model(x, past_key_values=cache, use_cache=True)
+            tok = sample(out.logits[0, -1], temperature, top_p, gen)
+            if i == 0:
+                stats.ttft_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+            stats.completion_tokens += 1
+            stats.token_ids.append(tok)
+            stats.decode_s = time.perf_counter() - t0
+            if tok in self.eos_ids and not ignore_eos:
+                stats.finish_reason = "stop"
+                return
+            yield tok
+            x = torch.tensor([[tok]])

