@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         argv.remove("--debug")
         state["debug"] = True
     try:
-        app(args=argv, prog_name="slm", standalone_mode=False)
+        app(args=argv, prog_name="slm")       # standalone: usage errors exit 2
     except SlmError as exc:
         if state["debug"]:
             raise
@@ -45,20 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors and the like
-        import click
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
+    except Exception as exc:
         if state["debug"]:
             raise
-        console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}".splitlines()[0],
-                      highlight=False, soft_wrap=True)
+        first = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        console.print(f"[bold red]error:[/] {first}", highlight=False, soft_wrap=True)
         console.print("  (run again with --debug for the traceback)")
         sys.exit(1)

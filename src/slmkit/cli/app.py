@@ -17,7 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console(stderr=False)
+console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 state = {"debug": False}
 
@@ -25,3 +25,11 @@ state = {"debug": False}
 def print_json(obj) -> None:
     """Machine-readable output for --json: one JSON document on stdout."""
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@app.callback()
+def _root() -> None:
+    """Make your own small language model: select, compress, adapt, evaluate, deploy.
+
+    Every verb has --help with an example. Add --debug to see full tracebacks.
+    """

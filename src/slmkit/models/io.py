@@ -188,9 +188,24 @@ def _load_gguf(path: Path, dtype: torch.dtype, spec: str) -> SLM:
     except (ValueError, KeyError, RuntimeError) as exc:
         raise SlmError(f"transformers cannot read {path}: {exc}".splitlines()[0],
                        "use `--engine llama.cpp` to run it, or export the model again") from exc
-    model.eval()
+    model = _plain(model).eval()
     meta = {"source": f"gguf:{path.resolve()}", "history": []}
     return SLM(model, tok, spec, meta, path)
+
+
+def _plain(model):
+    """The same weights in a model free of transformers' GGUF-quantizer marks."""
+    from transformers import AutoModelForCausalLM
+    if getattr(model, "hf_quantizer", None) is None:
+        return model
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(cfg, dtype=model.dtype)
+    fresh.load_state_dict(model.state_dict(), assign=True)
+    fresh.tie_weights()
+    return fresh
 
 
 def _load_builtin(name: str, dtype: torch.dtype) -> SLM:
