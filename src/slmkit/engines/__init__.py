@@ -13,7 +13,8 @@ from .base import Engine, GenStats, sample, stream_text
 ENGINES = ("auto", "pytorch", "llama.cpp")
 
 
-def open_engine(spec, engine: str = "auto", *, n_ctx: int = 2048, logits_all: bool = False):
+def open_engine(spec, engine: str = "auto", *, n_ctx: int = 2048, logits_all: bool = False,
+                n_threads: int | None = None):
     """An :class:`Engine` for a model spec (name, directory, ``.gguf``) or a loaded SLM.
 
     Args:
@@ -21,6 +22,7 @@ def open_engine(spec, engine: str = "auto", *, n_ctx: int = 2048, logits_all: bo
         engine: ``auto`` (llama.cpp for .gguf, else pytorch), ``pytorch`` or ``llama.cpp``.
         n_ctx: llama.cpp context size.
         logits_all: llama.cpp keeps logits for every position (needed for perplexity).
+        n_threads: llama.cpp CPU threads (default: all cores).
     """
     from ..models.io import SLM, builtin_gguf, load
     from .hf import HFEngine
@@ -39,10 +41,11 @@ def open_engine(spec, engine: str = "auto", *, n_ctx: int = 2048, logits_all: bo
         return HFEngine(load(s))
     from .llamacpp import LlamaCppEngine
     if is_gguf:
-        return LlamaCppEngine(Path(s), n_ctx=n_ctx, logits_all=logits_all)
+        return LlamaCppEngine(Path(s), n_ctx=n_ctx, n_threads=n_threads, logits_all=logits_all)
     from ..models.catalog import CATALOG
     if s in CATALOG:
-        return LlamaCppEngine(builtin_gguf(s), n_ctx=n_ctx, logits_all=logits_all)
+        return LlamaCppEngine(builtin_gguf(s), n_ctx=n_ctx, n_threads=n_threads,
+                              logits_all=logits_all)
     raise SlmError(f"the llama.cpp engine needs a .gguf file, not '{s}'",
                    "export it first (`slm export MODEL --format gguf`) or use --engine pytorch")
 
