@@ -1,0 +1,462 @@
+"""The one training loop of slmkit: fine-tuning and distillation differ only in the
+model they hand it (what is trainable) and in the loss function.
+
+    report = train(model, batches, loss_fn, TrainConfig(max_steps=200), work_dir)
+
+- ``batches`` is a sized, indexable dataset of batches (dicts of tensors). The
+  loop's data position is an integer, so a resumed run reads exactly the batches
+  the unbroken run would have read.
+- bf16 autocast on CPU (parameters and optimizer state stay fp32), gradient
+  accumulation, optional gradient checkpointing, AdamW with warm-up and a
+  cosine/linear/constant schedule, gradient clipping.
+- Atomic checkpoints in ``work_dir/checkpoints/step-NNNNNNN/``: trainable
+  parameters (safetensors), optimizer state and RNG states (``torch.save``,
+  read back with ``weights_only=True``), and ``state.json`` with the step, data
+  position and the curves so far. ``resume=True`` continues from the newest one.
+- Under ``torchrun --nproc-per-node K`` (env ``WORLD_SIZE`` > 1) the process group
+  is initialised from the environment (gloo on CPU, nccl on CUDA), rank r reads
+  micro-batches r, r+K, r+2K, ..., gradients are averaged across ranks before
+  each optimizer step (data parallel, as DDP does), and only rank 0 writes.
+  K ranks with ``grad_accum=a`` see the same batches per step as 1 rank with
+  ``grad_accum=a*K``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..errors import SlmError
+from .schedule import lr_factor
+
+LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
+CKPT_DIR = "checkpoints"
+KEEP_CHECKPOINTS = 2
+# Fields that change the loss curve: a checkpoint made with other values cannot be resumed.
+_CURVE_FIELDS = ("lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_decay", "batch_size",
+                 "grad_accum", "max_grad_norm", "bf16", "seed", "shuffle", "adam_betas")
+
+
+class TrainConfig(BaseModel):
+    """Settings of one training run (optimizer, schedule, batching, checkpoints)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(2e-4, gt=0, description="peak learning rate")
+    warmup_steps: int = Field(10, ge=0)
+    max_steps: int = Field(100, ge=1, description="optimizer steps")
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decay on matrices (not norms/biases)")
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    batch_size: int = Field(4, ge=1, description="sequences per micro-batch (used by batch builders)")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step and rank")
+    max_grad_norm: float = Field(1.0, ge=0, description="clip total grad norm; 0 = off")
+    bf16: bool = Field(True, description="bf16 autocast (weights stay fp32)")
+    grad_checkpointing: bool = False
+    shuffle: bool = Field(True, description="reshuffle batch order each epoch (seeded)")
+    eval_every: int = Field(0, ge=0, description="steps between evals; 0 = only at the end")
+    eval_at_start: bool = Field(True, description="also evaluate before the first step")
+    ckpt_every: int = Field(50, ge=0, description="steps between checkpoints; 0 = only at the end")
+    log_every: int = Field(1, ge=1, description="steps between progress-bar updates")
+    seed: int = 0
+
+    def curve_fingerprint(self) -> str:
+        d = {k: getattr(self, k) for k in _CURVE_FIELDS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainReport:
+    """What a training run did; ``to_dict()`` goes into ``report.json``."""
+
+    steps: int = 0
+    tokens: int = 0                        # input tokens processed, all ranks, whole run
+    time_s: float = 0.0                    # wall time of training steps (this process' runs)
+    tokens_per_s: float = 0.0              # tokens / time_s of the last (resumed) segment
+    loss_curve: list[dict] = field(default_factory=list)   # {step, tokens, loss, lr, ...}
+    eval_curve: list[dict] = field(default_factory=list)   # {step, tokens, **eval_fn()}
+    resumed_from: int | None = None
+    world_size: int = 1
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.loss_curve[-1]["loss"] if self.loss_curve else None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["final_loss"] = self.final_loss
+        return d
+
+
+# ---------------------------------------------------------------- data
+
+class BlockBatches:
+    """Packed token blocks (N, T) as a dataset of batches {'input_ids': (B, T)}.
+
+    The last partial batch is dropped so every batch has the same shape.
+    """
+
+    def __init__(self, blocks: torch.Tensor, batch_size: int):
+        if blocks.ndim != 2 or len(blocks) < batch_size:
+            raise SlmError(f"need at least {batch_size} token blocks for one batch, got "
+                           f"{len(blocks) if blocks.ndim == 2 else 0}",
+                           "add data, or lower the batch size or sequence length")
+        self.blocks, self.batch_size = blocks, batch_size
+
+    def __len__(self) -> int:
+        return len(self.blocks) // self.batch_size
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        b = self.batch_size
+        return {"input_ids": self.blocks[i * b:(i + 1) * b]}
+
+
+def batch_index(position: int, n: int, seed: int, shuffle: bool) -> int:
+    """Index of the batch read at global micro-batch ``position`` (epoch-wise permutation)."""
+    epoch, pos = divmod(position, n)
+    if not shuffle:
+        return pos
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return int(torch.randperm(n, generator=g)[pos])
+
+
+def batch_tokens(batch: dict) -> int:
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
+
+
+# ---------------------------------------------------------------- distributed
+
+def dist_setup() -> tuple[int, int]:
+    """(rank, world size); initialises torch.distributed from torchrun's env when needed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (or when not distributed): the process that writes files."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _set_threads(world: int) -> None:
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+
+
+def _all_mean(values: list[float], world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / world).tolist()
+
+
+def _sync_params(params: list[nn.Parameter], world: int) -> None:
+    if world > 1:
+        for p in params:
+            dist.broadcast(p.data, src=0)
+
+
+def _average_grads(params: list[nn.Parameter], world: int) -> None:
+    """Mean of each gradient over ranks, one flat all-reduce."""
+    if world == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
+# ---------------------------------------------------------------- model setup
+
+def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Trainable parameters by name (tied parameters once)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def make_optimizer(params: dict[str, nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (norm gains and biases are not decayed)."""
+    decay = [p for p in params.values() if p.ndim >= 2]
+    rest = [p for p in params.values() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
+                             betas=tuple(cfg.adam_betas), foreach=True)
+
+
+def enable_grad_checkpointing(model: nn.Module) -> int:
+    """Turn on activation checkpointing in every HF model inside ``model``; returns how many."""
+    n = 0
+    for m in model.modules():
+        if getattr(m, "supports_gradient_checkpointing", False) and \
+                hasattr(m, "gradient_checkpointing_enable"):
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            n += 1
+    return n
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def checkpoint_dirs(work_dir: Path) -> list[Path]:
+    """Complete checkpoints (they have ``state.json``), oldest first."""
+    root = Path(work_dir) / CKPT_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if re.fullmatch(r"step-\d+", p.name)
+             and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state()}
+
+
+def save_checkpoint(work_dir: Path, params: dict, opt, state: dict, rngs: list) -> Path:
+    """Write one checkpoint atomically (temp dir + rename); keep the newest few."""
+    from safetensors.torch import save_file
+    root = Path(work_dir) / CKPT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state['step']:07d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({n: p.detach().contiguous() for n, p in params.items()},
+              str(tmp / "params.safetensors"))
+    torch.save({"optimizer": opt.state_dict(), "rng": rngs}, tmp / "trainer.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(work_dir)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, params: dict, opt, cfg: TrainConfig, rank: int) -> dict:
+    """Restore parameters, optimizer and RNG from ``path``; returns its state dict."""
+    from safetensors.torch import load_file
+    state = json.loads((path / "state.json").read_text())
+    if state.get("curve_fingerprint") != cfg.curve_fingerprint():
+        raise SlmError(f"checkpoint {path} was made with other training settings "
+                       f"({state.get('config')})", "use the same settings, another output "
+                       "directory, or turn resume off")
+    saved = load_file(str(path / "params.safetensors"))
+    if set(saved) != set(params):
+        raise SlmError(f"checkpoint {path} holds other trainable parameters than this model",
+                       "use another output directory or turn resume off")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(saved[n])
+    blob = torch.load(path / "trainer.pt", weights_only=True)
+    opt.load_state_dict(blob["optimizer"])
+    rngs = blob["rng"]
+    torch.set_rng_state(rngs[min(rank, len(rngs) - 1)]["torch"])
+    random.setstate(_py_rng_from_json(state["py_rng"]))
+    return state
+
+
+def _py_rng_from_json(s: list) -> tuple:
+    return (s[0], tuple(s[1]), s[2])
+
+
+# ---------------------------------------------------------------- the loop
+
+@dataclass
+class _Run:
+    """Mutable state of one run (what a checkpoint records)."""
+
+    step: int = 0
+    position: int = 0         # global micro-batches consumed (all ranks)
+    tokens: int = 0
+    time_s: float = 0.0
+    loss_curve: list = field(default_factory=list)
+    eval_curve: list = field(default_factory=list)
+
+
+def _micro_step(model, batches, loss_fn, cfg, run, m, rank, world, autocast):
+    """Forward + backward of one micro-batch; returns (loss, metrics, tokens)."""
+    g = run.position + m * world + rank
+    batch = batches[batch_index(g, len(batches), cfg.seed, cfg.shuffle)]
+    with autocast:
+        loss, metrics = loss_fn(model, batch)
+    if not torch.isfinite(loss):
+        raise SlmError(f"training loss became {loss.item()} at step {run.step + 1}",
+                       "lower the learning rate or check the data")
+    (loss / cfg.grad_accum).backward()
+    return float(loss.detach()), metrics, batch_tokens(batch)
+
+
+def _optimizer_step(model, batches, loss_fn, cfg, run, opt, params, rank, world) -> dict:
+    """One optimizer step over ``grad_accum`` micro-batches per rank; returns its log row."""
+    lr = cfg.lr * lr_factor(run.step, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                            schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+    losses, sums, tokens = [], {}, 0
+    for m in range(cfg.grad_accum):
+        loss, metrics, ntok = _micro_step(model, batches, loss_fn, cfg, run, m, rank, world,
+                                          autocast)
+        losses.append(loss)
+        tokens += ntok
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    plist = list(params.values())
+    _average_grads(plist, world)
+    gnorm = torch.nn.utils.clip_grad_norm_(plist, cfg.max_grad_norm or float("inf"))
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    keys = sorted(sums)
+    vals = _all_mean([sum(losses) / len(losses), tokens * world, float(gnorm)]
+                     + [sums[k] / cfg.grad_accum for k in keys], world)
+    run.step += 1
+    run.position += cfg.grad_accum * world
+    run.tokens += int(round(vals[1]))
+    row = {"step": run.step, "tokens": run.tokens, "loss": vals[0], "lr": lr,
+           "grad_norm": vals[2]}
+    row.update({k: v for k, v in zip(keys, vals[3:])})
+    return row
+
+
+def _evaluate(model, eval_fn, run) -> None:
+    if eval_fn is None or not is_main():
+        return
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = eval_fn()
+    model.train(was)
+    run.eval_curve.append({"step": run.step, "tokens": run.tokens,
+                           **{k: float(v) for k, v in out.items()}})
+
+
+def _checkpoint(work_dir, params, opt, cfg, run, world) -> None:
+    rngs = [_rng_state()]
+    if world > 1:
+        rngs = [None] * world
+        dist.all_gather_object(rngs, _rng_state())
+    if not is_main():
+        return
+    state = {"step": run.step, "position": run.position, "tokens": run.tokens,
+             "time_s": run.time_s, "loss_curve": run.loss_curve, "eval_curve": run.eval_curve,
+             "py_rng": list(random.getstate()), "curve_fingerprint": cfg.curve_fingerprint(),
+             "config": cfg.model_dump(mode="json"), "world_size": world}
+    save_checkpoint(work_dir, params, opt, state, rngs)
+
+
+def _progress(enabled: bool, total: int, done: int):
+    from contextlib import nullcontext
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                   console=Console(stderr=True))
+    bar.add_task("train", total=total, completed=done, loss="-", tps="-")
+    return bar
+
+
+def _resume(work_dir, params, opt, cfg, rank, run) -> int | None:
+    ckpts = checkpoint_dirs(work_dir)
+    if not ckpts:
+        return None
+    state = load_checkpoint(ckpts[-1], params, opt, cfg, rank)
+    for k in ("step", "position", "tokens", "time_s", "loss_curve", "eval_curve"):
+        setattr(run, k, state[k])
+    return run.step
+
+
+def train(model: nn.Module, batches, loss_fn: LossFn, cfg: TrainConfig, work_dir: str | Path,
+          *, eval_fn: Callable[[], dict] | None = None, resume: bool = True,
+          progress: bool = True) -> TrainReport:
+    """Optimise the trainable parameters of ``model`` on ``batches`` with ``loss_fn``.
+
+    Args:
+        model: module whose ``requires_grad`` parameters are trained (an HF model,
+            a PEFT model, or a wrapper holding a student and projections).
+        batches: sized, indexable dataset; ``batches[i]`` is a dict of tensors with
+            at least ``input_ids`` (used to count tokens).
+        loss_fn: ``loss_fn(model, batch) -> (scalar loss, {metric: float})``, run under
+            bf16 autocast when ``cfg.bf16``.
+        cfg: optimizer, schedule and checkpoint settings.
+        work_dir: checkpoints go to ``work_dir/checkpoints``.
+        eval_fn: ``eval_fn() -> {name: float}`` run (rank 0, no_grad, eval mode) every
+            ``cfg.eval_every`` steps and at the end.
+        resume: continue from the newest checkpoint in ``work_dir`` if there is one.
+        progress: show a progress bar (rank 0 only).
+
+    Returns:
+        TrainReport with the loss curve (one row per optimizer step), eval curve,
+        tokens and speed. The trained weights are left in ``model``.
+    """
+    if len(batches) == 0:
+        raise SlmError("no training batches", "add data or lower the batch size")
+    rank, world = dist_setup()
+    _set_threads(world)
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+    params = trainable(model)
+    if not params:
+        raise SlmError("the model has no trainable parameters", "unfreeze some parameters")
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(model)
+    _sync_params(list(params.values()), world)
+    opt, run = make_optimizer(params, cfg), _Run()
+    resumed = _resume(work_dir, params, opt, cfg, rank, run) if resume else None
+    model.train()
+    if resumed is None and cfg.eval_at_start:
+        _evaluate(model, eval_fn, run)
+    seg_tokens, seg_time = 0, 0.0
+    with _progress(progress and is_main(), cfg.max_steps, run.step) as bar:
+        while run.step < cfg.max_steps:
+            t0, tok0 = time.perf_counter(), run.tokens
+            row = _optimizer_step(model, batches, loss_fn, cfg, run, opt, params, rank, world)
+            dt = time.perf_counter() - t0
+            run.time_s += dt
+            seg_time += dt
+            seg_tokens += run.tokens - tok0
+            run.loss_curve.append(row)
+            if bar is not None and (run.step % cfg.log_every == 0 or run.step == cfg.max_steps):
+                bar.update(0, completed=run.step, loss=f"{row['loss']:.4f}",
+                           tps=f"{seg_tokens / max(seg_time, 1e-9):,.0f}")
+            if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
+                _evaluate(model, eval_fn, run)
+            if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.max_steps:
+                _checkpoint(work_dir, params, opt, cfg, run, world)
+    if not run.eval_curve or run.eval_curve[-1]["step"] != run.step:
+        _evaluate(model, eval_fn, run)
+    _checkpoint(work_dir, params, opt, cfg, run, world)
+    model.eval()
+    return TrainReport(steps=run.step, tokens=run.tokens, time_s=run.time_s,
+                       tokens_per_s=seg_tokens / seg_time if seg_time else 0.0,
+                       loss_curve=run.loss_curve, eval_curve=run.eval_curve,
+                       resumed_from=resumed, world_size=world)

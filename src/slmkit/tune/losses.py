@@ -1,0 +1,151 @@
+"""Token losses that never hold the full (B, T, vocab) logits at once.
+
+A causal LM's output head turns hidden states (N, H) into logits (N, V). For
+SmolLM2 (V = 49,152) a batch of 4 x 512 tokens gives 100 M logits, 400 MB in
+fp32, and autograd would keep that tensor (and its softmax) for the backward
+pass. Here the head is applied to ``chunk_tokens`` rows at a time; each chunk's
+loss and its gradients (w.r.t. the hidden states and the head's weights) are
+computed right away inside the forward pass and the chunk's logits are freed,
+so peak memory is O(chunk_tokens x V) instead of O(N x V), and nothing is
+recomputed in the backward pass (it only scales the stored gradients).
+
+``causal_lm_loss(model, batch)`` is the plain next-token cross-entropy used by
+fine-tuning; distillation passes its own per-chunk function to
+``chunked_head_loss``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100
+
+# fn(logits (n, V) fp32, rows: slice into the N flattened tokens) -> summed loss (scalar)
+ChunkFn = Callable[[torch.Tensor, slice], torch.Tensor]
+
+
+def unwrap_causal_lm(model: nn.Module) -> nn.Module:
+    """The HF CausalLM inside a PEFT or DDP wrapper (adapter layers stay in place)."""
+    if hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module, float | None]:
+    """(decoder backbone, output head, final logit soft-cap or None) of a CausalLM."""
+    lm = unwrap_causal_lm(model)
+    backbone = getattr(lm, lm.base_model_prefix)
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    return backbone, lm.get_output_embeddings(), softcap
+
+
+def hidden_states(model: nn.Module, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor | None = None,
+                  all_layers: bool = False) -> tuple[torch.Tensor, tuple | None]:
+    """Final-norm hidden states (B, T, H) without computing logits.
+
+    Args:
+        model: an HF CausalLM (or a PEFT/DDP wrapper of one).
+        input_ids: (B, T) token ids.
+        attention_mask: (B, T) 1 for real tokens, or None.
+        all_layers: also return every layer's output (embeddings first), for
+            hidden-state matching.
+    """
+    backbone, _, _ = backbone_and_head(model)
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                   output_hidden_states=all_layers, use_cache=False)
+    return out.last_hidden_state, (out.hidden_states if all_layers else None)
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """sum_chunks fn(head(h[chunk])): value and gradients computed chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, h, head, fn, chunk_tokens, softcap, *params):
+        grad_h = torch.zeros_like(h)
+        grad_p = [torch.zeros_like(p) for p in params]
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        with torch.enable_grad():
+            for start in range(0, h.shape[0], chunk_tokens):
+                rows = slice(start, min(start + chunk_tokens, h.shape[0]))
+                hc = h[rows].detach().requires_grad_(h.requires_grad)
+                logits = head(hc).float()                          # (n, V) fp32
+                if softcap:
+                    logits = softcap * torch.tanh(logits / softcap)
+                loss = fn(logits, rows)
+                wrt = ([hc] if h.requires_grad else []) + list(params)
+                if wrt and loss.requires_grad:
+                    grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+                    if h.requires_grad:
+                        grad_h[rows] = grads[0]
+                        grads = grads[1:]
+                    for acc, g in zip(grad_p, grads):
+                        if g is not None:
+                            acc += g
+                total += loss.detach()
+        ctx.save_for_backward(grad_h, *grad_p)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, *grad_p = ctx.saved_tensors
+        return (grad_h * grad_out, None, None, None, None, *(g * grad_out for g in grad_p))
+
+
+def chunked_head_loss(h: torch.Tensor, head: nn.Module, fn: ChunkFn,
+                      chunk_tokens: int = 1024, softcap: float | None = None) -> torch.Tensor:
+    """Sum over chunks of ``fn(logits_chunk, rows)`` with logits = head(h), memory O(chunk x V).
+
+    Args:
+        h: (N, H) hidden states of the N tokens that carry a loss.
+        head: the output projection (``nn.Linear`` or any module mapping H -> V).
+        fn: per-chunk loss; gets fp32 logits (n, V) and the slice of rows of ``h``
+            they belong to; returns a scalar SUM over those rows.
+        chunk_tokens: rows per chunk.
+        softcap: Gemma-2/3 style final logit soft-cap (``c * tanh(z / c)``).
+
+    Returns:
+        The scalar sum; differentiable w.r.t. ``h`` and the head's trainable params.
+    """
+    params = [p for p in head.parameters() if p.requires_grad]
+    return _ChunkedHeadLoss.apply(h, head, fn, max(1, int(chunk_tokens)), softcap, *params)
+
+
+def shift_labels(batch: dict) -> torch.Tensor:
+    """(B, T) targets: labels[t + 1] predicted at position t; last position ignored."""
+    labels = batch.get("labels", batch["input_ids"])
+    if "attention_mask" in batch and "labels" not in batch:
+        labels = labels.masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+    out = torch.full_like(labels, IGNORE_INDEX)
+    out[:, :-1] = labels[:, 1:]
+    return out
+
+
+def causal_lm_loss(model: nn.Module, batch: dict, chunk_tokens: int = 1024
+                   ) -> tuple[torch.Tensor, dict]:
+    """Mean next-token cross-entropy of ``batch`` (``input_ids``, optional ``labels`` with -100
+    for tokens without loss, optional ``attention_mask``), computed in chunks.
+
+    The signature is the training loop's ``loss_fn(model, batch)``.
+    """
+    h, _ = hidden_states(model, batch["input_ids"], batch.get("attention_mask"))
+    targets = shift_labels(batch).reshape(-1)                       # (B*T,)
+    keep = targets != IGNORE_INDEX
+    n = int(keep.sum())
+    if n == 0:
+        zero = h.sum() * 0.0
+        return zero, {"loss_tokens": 0}
+    h = h.reshape(-1, h.shape[-1])[keep]                            # (N, H)
+    targets = targets[keep]
+    _, head, softcap = backbone_and_head(model)
+
+    def ce(logits: torch.Tensor, rows: slice) -> torch.Tensor:
+        return F.cross_entropy(logits, targets[rows], reduction="sum")
+
+    loss = chunked_head_loss(h, head, ce, chunk_tokens, softcap) / n
+    return loss, {"loss_tokens": n}

@@ -1,0 +1,160 @@
+"""The training loop: learning, schedule, exact resume, checkpoints, data parallel."""
+import json
+import os
+import socket
+
+import pytest
+import torch
+
+from slmkit.errors import SlmError
+from slmkit.models.tiny import tiny_slm
+from slmkit.tune.losses import causal_lm_loss
+from slmkit.tune.loop import (BlockBatches, TrainConfig, batch_index, checkpoint_dirs, train)
+from slmkit.tune.schedule import lr_factor
+
+
+def _batches(n_blocks=16, block=32, batch_size=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # a learnable pattern: a few repeated random sequences
+    base = torch.randint(3, 512, (4, block), generator=g)
+    return BlockBatches(base[torch.arange(n_blocks) % 4], batch_size)
+
+
+def _cfg(**kw):
+    base = dict(lr=3e-3, warmup_steps=2, max_steps=8, ckpt_every=2, batch_size=2, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_lowers_loss_and_reports(tmp_path):
+    slm = tiny_slm("llama")
+    report = train(slm.model, _batches(), causal_lm_loss, _cfg(max_steps=15, eval_every=5),
+                   tmp_path, eval_fn=lambda: {"dummy": 1.0}, progress=False)
+    curve = [r["loss"] for r in report.loss_curve]
+    assert len(curve) == 15 and report.steps == 15
+    assert curve[-1] < curve[0] - 1.0          # memorises the repeated sequences
+    assert report.tokens == 15 * 2 * 32
+    assert [e["step"] for e in report.eval_curve] == [0, 5, 10, 15]
+    json.dumps(report.to_dict())
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-0000014", "step-0000015"]
+
+
+def test_resume_reproduces_unbroken_curve(tmp_path):
+    cfg = _cfg(max_steps=8, ckpt_every=3)
+    full = train(tiny_slm("llama").model, _batches(), causal_lm_loss, cfg, tmp_path / "a",
+                 progress=False)
+
+    calls = {"n": 0}
+
+    def crashing(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:                      # dies inside step 6, after checkpoint 3
+            raise KeyboardInterrupt
+        return causal_lm_loss(model, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_slm("llama").model, _batches(), crashing, cfg, tmp_path / "b", progress=False)
+    assert [p.name for p in checkpoint_dirs(tmp_path / "b")] == ["step-0000003"]
+    model = tiny_slm("llama", seed=1).model      # even other initial weights: state is restored
+    resumed = train(model, _batches(), causal_lm_loss, cfg, tmp_path / "b", progress=False)
+    assert resumed.resumed_from == 3
+    assert [r["loss"] for r in resumed.loss_curve] == [r["loss"] for r in full.loss_curve]
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    train(tiny_slm("llama").model, _batches(), causal_lm_loss, _cfg(max_steps=2), tmp_path,
+          progress=False)
+    with pytest.raises(SlmError, match="other training settings"):
+        train(tiny_slm("llama").model, _batches(), causal_lm_loss, _cfg(max_steps=2, lr=1e-3),
+              tmp_path, progress=False)
+
+
+def test_grad_accum_equals_bigger_batch(tmp_path):
+    """2 micro-batches of 1 accumulate to the gradient of one batch of 2."""
+    cfg1 = _cfg(max_steps=3, grad_accum=2, batch_size=1, shuffle=False, bf16=False)
+    cfg2 = _cfg(max_steps=3, grad_accum=1, batch_size=2, shuffle=False, bf16=False)
+    a = train(tiny_slm("llama").model, _batches(batch_size=1), causal_lm_loss, cfg1,
+              tmp_path / "a", progress=False)
+    b = train(tiny_slm("llama").model, _batches(batch_size=2), causal_lm_loss, cfg2,
+              tmp_path / "b", progress=False)
+    for ra, rb in zip(a.loss_curve, b.loss_curve):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
+
+
+def test_schedule_shapes():
+    kw = dict(warmup_steps=4, max_steps=104, min_lr_ratio=0.1)
+    assert lr_factor(0, schedule="cosine", **kw) == pytest.approx(0.2)
+    assert lr_factor(3, schedule="cosine", **kw) == pytest.approx(0.8)
+    assert lr_factor(4, schedule="cosine", **kw) == pytest.approx(1.0)
+    assert lr_factor(54, schedule="cosine", **kw) == pytest.approx(0.55)
+    assert lr_factor(54, schedule="linear", **kw) == pytest.approx(0.55)
+    assert lr_factor(29, schedule="linear", **kw) == pytest.approx(0.775)
+    assert lr_factor(104, schedule="cosine", **kw) == pytest.approx(0.1)
+    assert lr_factor(80, schedule="constant", **kw) == 1.0
+
+
+def test_shuffle_is_a_permutation_per_epoch():
+    seen = [batch_index(i, 7, seed=3, shuffle=True) for i in range(14)]
+    assert sorted(seen[:7]) == list(range(7)) and sorted(seen[7:]) == list(range(7))
+    assert seen[:7] != list(range(7))
+
+
+def test_bad_config_names_field():
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="exponential")
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig(learning_rate=1e-3)
+
+
+def test_chunked_ce_matches_hf_loss_and_grads():
+    model = tiny_slm("llama").model.train()
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
+    ref = model(input_ids=ids, labels=ids).loss
+    ref.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    loss, metrics = causal_lm_loss(model, {"input_ids": ids}, chunk_tokens=5)
+    loss.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert metrics["loss_tokens"] == 2 * 23
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- two ranks (gloo)
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    import torch.distributed as dist
+    model = tiny_slm("llama", seed=rank).model   # different init: rank 0's is broadcast
+    rep = train(model, _batches(), causal_lm_loss, _cfg(max_steps=4, grad_accum=1, bf16=False),
+                f"{out_dir}/ddp", progress=False)
+    from safetensors.torch import save_file
+    save_file({n: p.detach().contiguous() for n, p in model.named_parameters()},
+              f"{out_dir}/rank{rank}.safetensors")
+    if rank == 0:
+        with open(f"{out_dir}/curve.json", "w") as f:
+            json.dump([r["loss"] for r in rep.loss_curve], f)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_match_single_process(tmp_path):
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    w0, w1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
+    for n in w0:
+        assert torch.equal(w0[n], w1[n]), n
+    single = train(tiny_slm("llama", seed=0).model, _batches(), causal_lm_loss,
+                   _cfg(max_steps=4, grad_accum=2, bf16=False), tmp_path / "single",
+                   progress=False)
+    ddp = json.loads((tmp_path / "curve.json").read_text())
+    assert ddp == pytest.approx([r["loss"] for r in single.loss_curve], rel=1e-4)
+    assert [p.name for p in checkpoint_dirs(tmp_path / "ddp")] == ["step-0000002", "step-0000004"]
