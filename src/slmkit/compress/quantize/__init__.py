@@ -1,0 +1,206 @@
+"""Weight-only quantization of decoder Linear layers: RTN and GPTQ, int8/int4.
+
+``run_quantize(model, out, QuantizeConfig(...))`` quantizes, saves a
+packed-integer model (loadable with ``slmkit.load``) and reports bytes,
+memory, perplexity and decode speed against the unquantized model.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ...errors import SlmError
+from .formats import FORMATS, get_format
+from .qlinear import QUANT_KEY, QuantLinear, dequantize_model, quant_linears, set_module
+
+
+class QuantizeConfig(BaseModel):
+    """Options of ``slm quantize`` and of a ``quantize`` recipe step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["rtn", "gptq"] = "gptq"
+    bits: int = 4
+    group_size: int = Field(128, description="inputs per scale; -1 = one scale per row")
+    sym: bool = True
+    act_order: bool = False
+    calib: str = "python-docs"
+    calib_samples: int = Field(64, ge=1)
+    seq_len: int = Field(512, ge=8)
+    block_size: int = Field(128, ge=1, description="GPTQ lazy-batch width")
+    damp: float = Field(0.01, gt=0, lt=1)
+    eval_tokens: int = Field(4096, ge=0, description="held-out tokens for perplexity; 0 = skip")
+    speed_tokens: int = Field(32, ge=0, description="tokens to decode for speed; 0 = skip")
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: int) -> int:
+        if v not in FORMATS:
+            raise ValueError(f"bits must be one of {sorted(FORMATS)}, got {v}")
+        return v
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int) -> int:
+        if v != -1 and (v < 2 or v % 2):
+            raise ValueError(f"group_size must be -1 or an even number >= 2, got {v}")
+        return v
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of parameters and buffers in memory, tied tensors counted once."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def mark_quantized(model: torch.nn.Module, cfg: QuantizeConfig) -> None:
+    """Record the packed layout in the model config (saved to config.json)."""
+    setattr(model.config, QUANT_KEY, {
+        "method": cfg.method, "bits": cfg.bits, "group_size": cfg.group_size, "sym": cfg.sym,
+        "modules": sorted(quant_linears(model))})
+
+
+def load_quantized(path: Path, dtype: torch.dtype = torch.float32):
+    """Rebuild a packed-integer model saved by :func:`run_quantize` from ``path``."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.from_pretrained(path)
+    spec = getattr(config, QUANT_KEY)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    for name in spec["modules"]:
+        lin = model.get_submodule(name)
+        set_module(model, name, QuantLinear(lin.in_features, lin.out_features, spec["bits"],
+                                            spec["group_size"], lin.bias is not None, dtype))
+    state = {}
+    for f in sorted(path.glob("*.safetensors")):
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if "lm_head" in k and getattr(config, "tie_word_embeddings", False)}
+    if set(missing) - tied or unexpected:
+        raise SlmError(f"{path}: quantized weights do not match the config "
+                       f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})",
+                       "re-run `slm quantize`")
+    model.tie_weights()
+    return model.eval()
+
+
+@torch.no_grad()
+def block_perplexity(model: torch.nn.Module, ids: torch.Tensor) -> float:
+    """Perplexity over (N, T) blocks, each scored on its own (no overlap)."""
+    nll, n = 0.0, 0
+    for b in ids:
+        logits = model(b[None]).logits[0, :-1].float()
+        nll += float(torch.nn.functional.cross_entropy(logits, b[1:], reduction="sum"))
+        n += b.numel() - 1
+    return math.exp(nll / max(n, 1))
+
+
+def decode_speed(slm, n_tokens: int) -> float:
+    """Greedy decode tokens/s of ``slm`` on the PyTorch engine."""
+    from ...engines import GenStats, open_engine
+    eng = open_engine(slm)
+    stats = GenStats()
+    ids = eng.tokenize("def main():\n    ")
+    for _ in eng.token_ids(ids, n_tokens, 0.0, 1.0, 0, stats, ignore_eos=True):
+        pass
+    return (stats.completion_tokens - 1) / stats.decode_s if stats.decode_s > 0 else 0.0
+
+
+def _peak_rss() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
+                 progress=None) -> dict:
+    """Quantize ``model`` and save it to ``out`` (a directory), with ``report.json``.
+
+    Args:
+        model: a spec ``slmkit.load`` accepts, or an ``SLM``.
+        out: target directory (complete or absent).
+        cfg: the options.
+        overwrite: replace an existing ``out``.
+        progress: optional callable ``(done, total)`` over decoder layers.
+
+    Returns:
+        the report dict (also written to ``out/report.json``).
+    """
+    from ...data import blocks
+    from ...models.io import SLM, count_params, dir_bytes, load, save
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    slm = model if isinstance(model, SLM) else load(model)
+    if quant_linears(slm.model):
+        raise SlmError(f"{slm.spec} is already quantized", "quantize the unquantized model")
+    t0 = time.perf_counter()
+    calib = blocks(cfg.calib, slm.tokenizer, cfg.seq_len, "train", cfg.calib_samples)
+    held = _eval_ids(cfg, slm.tokenizer)
+    before = _measure(slm, held, cfg)
+    report = {"method": cfg.method, "bits": cfg.bits, "group_size": cfg.group_size,
+              "sym": cfg.sym, "act_order": cfg.act_order, "calib_blocks": int(calib.shape[0]),
+              "params": count_params(slm.model), "before": before}
+    report.update(_apply(slm.model, calib, cfg, progress))
+    mark_quantized(slm.model, cfg)
+    report["quantize_s"] = round(time.perf_counter() - t0, 2)
+    report["after"] = _measure(slm, held, cfg)
+    report["peak_rss_bytes"] = _peak_rss()
+    if held is not None:
+        report["ppl_increase_pct"] = round(100 * (report["after"]["ppl"] / before["ppl"] - 1), 3)
+    step = {"step": "quantize", "config": cfg.model_dump(), "report": report}
+    save(slm, out, step=step, overwrite=overwrite)
+    report["bytes_on_disk"] = dir_bytes(out)
+    report["source_bytes_on_disk"] = _source_bytes(slm, before)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _eval_ids(cfg: QuantizeConfig, tok):
+    from ...data import blocks
+    if not cfg.eval_tokens:
+        return None
+    seq = min(cfg.seq_len, cfg.eval_tokens)
+    return blocks(cfg.calib, tok, seq, "val", max(1, cfg.eval_tokens // seq))
+
+
+def _measure(slm, held, cfg: QuantizeConfig) -> dict:
+    m = {"memory_bytes": model_bytes(slm.model)}
+    if held is not None:
+        m["ppl"] = round(block_perplexity(slm.model, held), 4)
+    if cfg.speed_tokens:
+        m["decode_tok_s"] = round(decode_speed(slm, cfg.speed_tokens), 2)
+    return m
+
+
+def _apply(model, calib, cfg: QuantizeConfig, progress) -> dict:
+    if cfg.method == "rtn":
+        from . import rtn
+        return {"weight_rel_error": rtn.quantize(model, cfg.bits, cfg.group_size, cfg.sym)}
+    from . import gptq
+    st = gptq.quantize(model, calib, cfg.bits, cfg.group_size, cfg.sym, cfg.act_order,
+                       cfg.block_size, cfg.damp, progress)
+    mean = lambda d: sum(d.values()) / max(len(d), 1)  # noqa: E731
+    return {"output_rel_error": st.gptq, "rtn_output_rel_error": st.rtn,
+            "mean_output_rel_error": mean(st.gptq), "mean_rtn_output_rel_error": mean(st.rtn)}
+
+
+def _source_bytes(slm, before: dict) -> int:
+    from ...models.io import dir_bytes
+    src = slm.path
+    if src is not None and Path(src).is_dir():
+        return dir_bytes(Path(src))
+    return before["memory_bytes"]
+
+
+__all__ = ["QuantizeConfig", "run_quantize", "load_quantized", "QuantLinear", "dequantize_model",
+           "quant_linears", "get_format", "model_bytes", "block_perplexity"]
