@@ -170,7 +170,11 @@ def load(spec: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> SLM:
 def _load_dir(path: Path, dtype: torch.dtype, spec: str) -> SLM:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     check_hf_dir(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    if "slmkit_quantization" in json.loads((path / "config.json").read_text()):
+        from ..compress.quantize import load_quantized     # packed-integer weights
+        model = load_quantized(path, dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
     model.eval()
     tok = AutoTokenizer.from_pretrained(path)
     meta_path = path / META_FILE
