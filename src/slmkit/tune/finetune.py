@@ -1,0 +1,311 @@
+"""Fine-tune a model on domain data: LoRA, DoRA, QLoRA or full, on the one training loop.
+
+    report = run_finetune("smollm2-135m", "runs/x/01-finetune",
+                          FinetuneConfig(data="python-docs", method="lora", max_tokens=200_000))
+
+Records are encoded with loss masks (``sft_data``), packed into blocks with
+per-example position ids, and trained by ``slmkit.tune.loop.train`` with a loss
+that applies the output head in chunks (``losses.chunked_head_loss``), so the
+(B, T, vocab) logits never exist at once. The validation split is evaluated
+before training, every ``eval_every`` steps and at the end; with ``patience``
+training stops after that many evaluations without a new best validation loss
+and the best weights are kept.
+
+Output directory (complete or absent; work in progress lives in ``<out>.partial``
+with ``checkpoints/`` for resuming):
+
+    <out>/adapter/        PEFT adapter (adapter_model.safetensors) + base fingerprint
+    <out>/*.safetensors   merged standalone model (with ``merge``, and always for ``full``)
+    <out>/report.json     loss curve, val loss/ppl before and after, tokens/s, peak memory
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import SlmError
+from ..models.io import SLM, dir_bytes, load, replace_dir, save
+from . import adapters
+from .sft_data import IGNORE, Packed, encode_records, pack_examples
+
+DEFAULT_LR = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 3e-5}
+
+
+class FinetuneConfig(BaseModel):
+    """Options of ``slm finetune`` and of a ``finetune`` recipe step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(..., description="file, directory or built-in corpus")
+    method: Literal["lora", "dora", "qlora", "full"] = "lora"
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scaling = alpha / rank)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    targets: list[str] | None = Field(None, description="decoder linear layers; None = all")
+    quant_format: Literal["nf4", "int4"] = Field("nf4", description="QLoRA 4-bit format")
+    quant_group: int = Field(64, ge=2, description="QLoRA input columns per scale")
+    lr: float | None = Field(None, gt=0, description="peak learning rate (default by method)")
+    epochs: float = Field(1.0, gt=0, description="passes over the training data")
+    max_tokens: int | None = Field(None, ge=1, description="token budget (overrides epochs)")
+    seq_len: int = Field(512, ge=8, description="tokens per packed block")
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup_steps: int = Field(10, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of the records")
+    max_val_blocks: int = Field(32, ge=1, description="validation blocks evaluated")
+    eval_every: int = Field(0, ge=0, description="steps between val evals; 0 = about 8 per run")
+    patience: int = Field(3, ge=0, description="evals without improvement before stopping; 0=off")
+    merge: bool = Field(False, description="also write the merged standalone model")
+    chunk_tokens: int = Field(1024, ge=16, description="tokens per output-head chunk in the loss")
+    seed: int = 0
+    resume: bool = True
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v):
+        if v is not None and (not v or any(not t.strip() for t in v)):
+            raise ValueError("targets must be non-empty module names (or omit for all)")
+        return v
+
+    def peak_lr(self) -> float:
+        return self.lr or DEFAULT_LR[self.method]
+
+
+# ---------------------------------------------------------------- loss
+
+def sft_loss(model: torch.nn.Module, batch: dict, chunk_tokens: int = 1024
+             ) -> tuple[torch.Tensor, dict]:
+    """Mean next-token cross-entropy over label tokens of a packed batch.
+
+    ``batch`` holds ``input_ids``, ``labels`` (-100 = no loss) and ``position_ids``
+    (restarting per packed example, which makes attention block-diagonal). The
+    head runs in chunks of ``chunk_tokens`` rows on the loss tokens only.
+    """
+    from .losses import backbone_and_head, chunked_head_loss, shift_labels
+    backbone, head, softcap = backbone_and_head(model)
+    h = backbone(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
+                 use_cache=False).last_hidden_state                    # (B, T, H)
+    targets = shift_labels(batch).reshape(-1)                          # (B*T,)
+    keep = targets != IGNORE
+    n = int(keep.sum())
+    if n == 0:
+        return h.sum() * 0.0, {"loss_tokens": 0}
+    h = h.reshape(-1, h.shape[-1])[keep]                               # (N, H)
+    targets = targets[keep]
+
+    def ce(logits: torch.Tensor, rows: slice) -> torch.Tensor:
+        return F.cross_entropy(logits, targets[rows], reduction="sum")
+
+    return chunked_head_loss(h, head, ce, chunk_tokens, softcap) / n, {"loss_tokens": n}
+
+
+@torch.no_grad()
+def eval_loss(model: torch.nn.Module, data: Packed, batch_size: int = 4,
+              chunk_tokens: int = 1024, bf16: bool = True) -> float:
+    """Token-weighted mean cross-entropy of ``model`` on packed blocks."""
+    total, count = 0.0, 0
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for s in range(0, len(data), batch_size):
+            loss, m = sft_loss(model, data.batch(slice(s, s + batch_size)), chunk_tokens)
+            total += float(loss) * m["loss_tokens"]
+            count += m["loss_tokens"]
+    return total / max(count, 1)
+
+
+# ---------------------------------------------------------------- data
+
+class PackedBatches:
+    """``Packed`` blocks as the loop's dataset of equal-size batches (last partial dropped)."""
+
+    def __init__(self, data: Packed, batch_size: int):
+        if len(data) < batch_size:
+            raise SlmError(f"the training data fills {len(data)} blocks, fewer than one batch of "
+                           f"{batch_size}", "add data, or lower batch_size or seq_len")
+        self.data, self.batch_size = data, batch_size
+
+    def __len__(self) -> int:
+        return len(self.data) // self.batch_size
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.data.batch(slice(i * self.batch_size, (i + 1) * self.batch_size))
+
+
+def prepare_data(cfg: FinetuneConfig, tokenizer) -> tuple[Packed, Packed | None, dict]:
+    """Train and validation blocks of ``cfg.data``, and a summary of them."""
+    from ..data import read_records, split
+    train_recs, val_recs = split(read_records(cfg.data), cfg.val_fraction)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train = pack_examples(encode_records(train_recs, tokenizer), cfg.seq_len, pad)
+    val = None
+    if val_recs:
+        ex = encode_records(val_recs, tokenizer)
+        if ex:
+            val = pack_examples(ex, cfg.seq_len, pad)
+            val = Packed(val.input_ids[:cfg.max_val_blocks], val.labels[:cfg.max_val_blocks],
+                         val.position_ids[:cfg.max_val_blocks])
+    info = {"train_records": len(train_recs), "val_records": len(val_recs),
+            "train_blocks": len(train), "train_loss_tokens": train.n_loss_tokens,
+            "val_blocks": len(val) if val is not None else 0,
+            "val_loss_tokens": val.n_loss_tokens if val is not None else 0}
+    return train, val, info
+
+
+def plan_steps(cfg: FinetuneConfig, n_batches: int) -> int:
+    """Optimizer steps for the token budget, or for ``epochs`` passes."""
+    per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+    if cfg.max_tokens:
+        return max(1, math.ceil(cfg.max_tokens / per_step))
+    return max(1, math.ceil(cfg.epochs * n_batches / cfg.grad_accum))
+
+
+# ---------------------------------------------------------------- early stopping
+
+class EarlyStopper:
+    """Validation eval for the loop: tracks the best val loss, keeps a copy of the best
+    trainable weights, and reports ``stop`` after ``patience`` evals with no improvement."""
+
+    def __init__(self, model, val: Packed, cfg: FinetuneConfig):
+        self.model, self.val, self.cfg = model, val, cfg
+        self.best, self.bad, self.best_state = float("inf"), 0, None
+
+    def __call__(self) -> dict:
+        loss = eval_loss(self.model, self.val, self.cfg.batch_size, self.cfg.chunk_tokens)
+        if loss < self.best - 1e-4:
+            self.best, self.bad = loss, 0
+            self.best_state = {n: p.detach().clone() for n, p in self.model.named_parameters()
+                               if p.requires_grad}
+        else:
+            self.bad += 1
+        stop = bool(self.cfg.patience) and self.bad >= self.cfg.patience
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "stop": float(stop)}
+
+    def restore_best(self) -> bool:
+        """Put the best weights back; True if they differ from the current ones."""
+        if self.best_state is None:
+            return False
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n, v in self.best_state.items():
+                params[n].copy_(v)
+        return True
+
+
+# ---------------------------------------------------------------- run
+
+def _train_cfg(cfg: FinetuneConfig, steps: int):
+    from .loop import TrainConfig
+    every = cfg.eval_every or max(1, steps // 8)
+    return TrainConfig(lr=cfg.peak_lr(), warmup_steps=min(cfg.warmup_steps, steps // 4),
+                       max_steps=steps, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
+                       batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, bf16=True,
+                       eval_every=every, ckpt_every=max(every, 25), seed=cfg.seed)
+
+
+def _load(model) -> SLM:
+    return model if isinstance(model, SLM) else load(model)
+
+
+def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, *,
+                 progress: bool = True, overwrite: bool = False) -> dict:
+    """Fine-tune ``model`` on ``cfg.data`` and write adapter / merged model / report to ``out``.
+
+    Args:
+        model: a spec for ``slmkit.load`` or a loaded SLM (it is modified in place).
+        out: output directory (written atomically).
+        cfg: fine-tuning options.
+        progress: show the training progress bar.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        the report dict (also written to ``out/report.json``).
+    """
+    from .loop import train
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    t0 = time.time()
+    slm = _load(model)
+    fingerprint = adapters.base_fingerprint(slm.model)
+    train_data, val, info = prepare_data(cfg, slm.tokenizer)
+    batches = PackedBatches(train_data, cfg.batch_size)
+    steps = plan_steps(cfg, len(batches))
+    net = adapters.setup_model(slm.model, cfg.method, rank=cfg.rank, alpha=cfg.alpha,
+                               dropout=cfg.dropout, targets=cfg.targets,
+                               quant_format=cfg.quant_format, quant_group=cfg.quant_group)
+    stopper = EarlyStopper(net, val, cfg) if val is not None else None
+    work = out.with_name(out.name + ".partial")
+    work.mkdir(parents=True, exist_ok=True)
+    rep = train(net, batches, lambda m, b: sft_loss(m, b, cfg.chunk_tokens), _train_cfg(cfg, steps),
+                work, eval_fn=stopper, resume=cfg.resume, progress=progress)
+    restored = stopper.restore_best() if stopper is not None else False
+    report = _report(cfg, slm, net, rep, info, steps, restored, t0)
+    _write_outputs(slm, net, cfg, work, out, fingerprint, report)
+    return report
+
+
+def _report(cfg, slm, net, rep, info, steps, restored, t0) -> dict:
+    ev = rep.eval_curve
+    best = min(ev, key=lambda r: r["val_loss"]) if ev else None
+    after = best if restored else (ev[-1] if ev else None)
+    return {
+        "step": "finetune", "method": cfg.method, "model": str(slm.spec),
+        "params": slm.n_params, "trainable_params": adapters.trainable_params(net),
+        "data": info, "planned_steps": steps, "steps": rep.steps, "tokens": rep.tokens,
+        "stopped_early": rep.steps < steps, "tokens_per_s": round(rep.tokens_per_s, 1),
+        "train_time_s": round(rep.time_s, 1),
+        "val_loss_before": ev[0]["val_loss"] if ev else None,
+        "val_ppl_before": ev[0]["val_ppl"] if ev else None,
+        "val_loss_after": after["val_loss"] if after else None,
+        "val_ppl_after": after["val_ppl"] if after else None,
+        "best_step": best["step"] if best else None,
+        "loss_curve": [{k: r[k] for k in ("step", "tokens", "loss", "lr")} for r in rep.loss_curve],
+        "eval_curve": [{k: r[k] for k in ("step", "tokens", "val_loss", "val_ppl")} for r in ev],
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "resumed_from": rep.resumed_from, "config": cfg.model_dump(),
+        "time_s": round(time.time() - t0, 1),
+    }
+
+
+def _write_outputs(slm, net, cfg, work: Path, out: Path, fingerprint: dict, report: dict) -> None:
+    """Adapter, merged model and report into ``work/result``, then rename to ``out``."""
+    result = work / "result"
+    shutil.rmtree(result, ignore_errors=True)
+    adapter_dir = None
+    if cfg.method != "full":
+        adapter_dir = adapters.save_adapter(
+            net, work / "adapter", str(slm.spec), fingerprint, cfg.method,
+            quant={"format": cfg.quant_format, "group": cfg.quant_group}
+            if cfg.method == "qlora" else None)
+        report["adapter_bytes"] = sum(p.stat().st_size for p in adapter_dir.glob("*.safetensors"))
+    if cfg.merge or cfg.method == "full":
+        merged = SLM(adapters.merge(net), slm.tokenizer, slm.spec, slm.meta, slm.path)
+        for p in merged.model.parameters():
+            p.requires_grad_(False)
+        step = {"step": "finetune", "config": cfg.model_dump(), "report": _brief(report)}
+        save(merged, result, step=step, overwrite=True)
+        report["bytes"] = dir_bytes(result)
+    else:
+        result.mkdir(parents=True)
+    if adapter_dir is not None:
+        adapter_dir.rename(result / "adapter")
+    (result / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    replace_dir(result, out)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _brief(report: dict) -> dict:
+    """The report without its long curves (for the history in slmkit.json)."""
+    return {k: v for k, v in report.items() if k not in ("loss_curve", "eval_curve", "config")}
