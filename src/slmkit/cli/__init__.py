@@ -26,10 +26,21 @@ def _register() -> None:
                 raise
 
 
+def _quiet_transformers() -> None:
+    """transformers' own progress bars and warnings would clutter slmkit's output."""
+    import warnings
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``slm``."""
     from ..errors import SlmError
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    _quiet_transformers()
     _register()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in argv:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import SlmError
-from .base import Engine, GenStats, sample, stream_text
+from .base import Engine, GenStats, generate_text, sample, stream_text
 
 ENGINES = ("auto", "pytorch", "llama.cpp")
 
@@ -50,4 +50,4 @@ def open_engine(spec, engine: str = "auto", *, n_ctx: int = 2048, logits_all: bo
                    "export it first (`slm export MODEL --format gguf`) or use --engine pytorch")
 
 
-__all__ = ["ENGINES", "Engine", "GenStats", "open_engine", "sample", "stream_text"]
+__all__ = ["ENGINES", "Engine", "GenStats", "generate_text", "open_engine", "sample", "stream_text"]

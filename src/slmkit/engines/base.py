@@ -99,3 +99,10 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float,
         sorted_p = sorted_p * keep
         return int(idx[torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)])
     return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def generate_text(engine: Engine, prompt: str | list[int], **kw) -> tuple[str, GenStats]:
+    """The whole completion of :func:`stream_text` as one string, with its stats."""
+    stats = GenStats()
+    text = "".join(stream_text(engine, prompt, stats=stats, **kw))
+    return text, stats

@@ -1,0 +1,149 @@
+"""``slm eval``: quality, speed, memory and size of models, side by side.
+
+Each model is measured in its own process (``isolate``), so its peak memory is
+its own. Peak memory is the peak resident set size over loading and
+generation (what serving the model costs); perplexity scoring, which holds a
+full window of logits, comes after that reading.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import time
+import traceback
+from pathlib import Path
+from typing import Literal
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import SlmError
+from .choice import accuracy, read_task
+from .perplexity import perplexity
+from .speed import measure_speed
+
+__all__ = ["EvalConfig", "accuracy", "engine_tokens", "evaluate_one", "measure_speed", "perplexity",
+           "read_task", "run_eval"]
+
+
+class EvalConfig(BaseModel):
+    """Options of ``slm eval`` and of the ``eval`` recipe step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field("python-docs", description="text for perplexity: corpus name or path")
+    split: Literal["val", "train", "all"] = "val"
+    general_data: str | None = Field(None, description="second text for perplexity, e.g. wordnet-glosses")
+    task: str | None = Field(None, description="multiple-choice JSONL {question, choices, answer}")
+    engine: Literal["auto", "pytorch", "llama.cpp"] = "auto"
+    max_length: int = Field(512, gt=1)
+    stride: int = Field(256, gt=0)
+    max_eval_tokens: int | None = Field(8192, gt=1, description="cap on scored tokens")
+    prompt_tokens: int = Field(128, gt=0)
+    gen_tokens: int = Field(64, gt=1)
+    speed: bool = True
+    isolate: bool = True
+
+    @field_validator("data", "general_data", "task")
+    @classmethod
+    def _exists(cls, v):
+        from ..data.corpora import CORPORA
+        if v is not None and v not in CORPORA and not Path(v).expanduser().exists():
+            raise ValueError(f"'{v}' is neither a built-in corpus ({', '.join(CORPORA)}) nor a path")
+        return v
+
+
+def engine_tokens(engine, spec: str, split: str, limit: int | None) -> list[int]:
+    """Token ids of a corpus split through the engine's own tokenizer, EOS between records."""
+    from ..data import load_split, record_text
+    eos = min(engine.eos_ids) if engine.eos_ids else None
+    ids: list[int] = []
+    for rec in load_split(spec, split):
+        ids += engine.tokenize(record_text(rec), special=False) + ([eos] if eos is not None else [])
+        if limit and len(ids) > limit:
+            break
+    return ids[:limit] if limit else ids
+
+
+def _model_size(engine, spec) -> tuple[int, int]:
+    """(parameters, bytes on disk) of the artifact the engine runs."""
+    from ..models.io import count_params, dir_bytes
+    if engine.name == "pytorch":
+        path = engine.slm.path
+        return count_params(engine.model), dir_bytes(path) if path else 0
+    n = int(engine.llm._model.n_params()) if hasattr(engine.llm, "_model") else 0
+    return n, Path(engine.path).stat().st_size
+
+
+def evaluate_one(spec, cfg: EvalConfig, progress: bool = True) -> dict:
+    """Measure one model (a spec string) in this process."""
+    from ..engines import open_engine
+    rss0 = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    n_ctx = max(cfg.max_length, cfg.prompt_tokens + cfg.gen_tokens + 8)
+    engine = open_engine(spec, cfg.engine, n_ctx=n_ctx, logits_all=True)
+    row = {"model": str(spec), "engine": engine.name, "load_s": time.perf_counter() - t0}
+    row["params"], row["bytes"] = _model_size(engine, spec)
+    ids = engine_tokens(engine, cfg.data, cfg.split, cfg.max_eval_tokens)
+    if cfg.speed:
+        prompt = (ids * (cfg.prompt_tokens // max(len(ids), 1) + 1))[: cfg.prompt_tokens]
+        row.update(measure_speed(engine, prompt, cfg.gen_tokens))
+    row["rss_before_load"] = rss0
+    row["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    row.update({f"{k}": v for k, v in _ppl(engine, ids, cfg, progress).items()})
+    if cfg.general_data:
+        gen_ids = engine_tokens(engine, cfg.general_data, cfg.split, cfg.max_eval_tokens)
+        row["ppl_general"] = perplexity(engine, gen_ids, cfg.max_length, cfg.stride, progress)["ppl"]
+    if cfg.task:
+        row.update({f"mc_{k}": v for k, v in accuracy(engine, read_task(cfg.task), progress).items()})
+    return row
+
+
+def _ppl(engine, ids, cfg: EvalConfig, progress: bool) -> dict:
+    r = perplexity(engine, ids, cfg.max_length, cfg.stride, progress)
+    return {"ppl": r["ppl"], "ppl_tokens": r["tokens"]}
+
+
+def _child(spec, cfg_json: str, queue) -> None:
+    try:
+        queue.put(("ok", evaluate_one(spec, EvalConfig.model_validate_json(cfg_json))))
+    except SlmError as exc:
+        queue.put(("slm", exc.one_line()))
+    except BaseException as exc:  # report, never hang the parent
+        queue.put(("crash", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+
+
+def _isolated(spec, cfg: EvalConfig) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(str(spec), cfg.model_dump_json(), queue))
+    proc.start()
+    while True:
+        try:
+            kind, payload = queue.get(timeout=1.0)
+            break
+        except Exception:
+            if not proc.is_alive():
+                raise SlmError(f"evaluating {spec} crashed (exit code {proc.exitcode})",
+                               "run with --no-isolate --debug to see why")
+    proc.join()
+    if kind == "ok":
+        return payload
+    raise SlmError(payload.splitlines()[0] if kind == "slm" else
+                   f"evaluating {spec} failed: {payload.splitlines()[0]}")
+
+
+def run_eval(models: list, cfg: EvalConfig, progress: bool = True) -> dict:
+    """Evaluate each model in ``models`` (specs) with ``cfg``; rows in the same order.
+
+    Returns:
+        ``{"models": [row, ...], "config": {...}}``; each row has params, bytes,
+        load_s, prefill/decode tok/s, ttft_s, peak_rss, ppl (and ppl_general,
+        mc_acc, mc_acc_norm when asked).
+    """
+    if not models:
+        raise SlmError("no model given", "name at least one model")
+    rows = []
+    for spec in models:
+        rows.append(_isolated(spec, cfg) if cfg.isolate else evaluate_one(spec, cfg, progress))
+    return {"models": rows, "config": cfg.model_dump()}

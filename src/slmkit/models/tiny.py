@@ -26,7 +26,7 @@ TINY_FAMILIES = {
     "gemma3_text": ("gemma3-270m", {"num_key_value_heads": 1, "sliding_window": 64}),
     "phi3": ("phi-3-mini", {"num_key_value_heads": 4}),
     "stablelm": ("stablelm-2-1.6b", {"num_key_value_heads": 4}),
-    "falcon": ("falcon-7b", {"num_key_value_heads": 1}),
+    "falcon": ("falcon-7b", {}),
     "mixtral": ("mixtral-8x7b", {"num_local_experts": 4, "num_experts_per_tok": 2}),
 }
 
@@ -61,8 +61,9 @@ def tiny_config(family: str = "llama", **overrides):
     name, extra = TINY_FAMILIES[family]
     cfg = dict(CATALOG[name].config)
     cfg.update(_TINY, **extra)
-    if family == "falcon":
-        cfg.pop("intermediate_size")
+    if family == "falcon":      # falcon derives these from hidden size and multi_query
+        for key in ("intermediate_size", "head_dim", "num_key_value_heads"):
+            cfg.pop(key)
     cfg.update(overrides)
     return hf_config(cfg)
 
