@@ -1,0 +1,261 @@
+"""``PruneConfig`` and ``run_prune``: the prune step as the CLI and recipes call it."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from functools import partial
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from ...errors import SlmError
+from ...models.arch import decoder_layers, linear_layers
+from ...models.io import SLM, count_params, dir_bytes, load, replace_dir, save
+from . import depth, magnitude, sparsegpt, wanda, width
+from .calib import calib_blocks, check_calib
+from .layerwise import layer_sparsity, prune_each, prune_layerwise
+from .mask import parse_pattern
+from .report import SPARSE_NOTE, perplexity, sparse_format_bytes, state_bytes
+
+UNSTRUCTURED = ("magnitude", "wanda", "sparsegpt")
+STRUCTURED = ("depth", "width")
+Progress = Callable[[str, int, int], None]
+
+
+class PruneConfig(BaseModel):
+    """Options of one prune step (recipe step options are exactly these fields).
+
+    Attributes:
+        method: magnitude | wanda | sparsegpt (zero weights) or depth | width (remove structure).
+        sparsity: fraction of weights to zero in every Linear of every decoder layer, in (0, 1).
+        pattern: N:M semi-structured sparsity, e.g. "2:4" (keep 2 of every 4 inputs).
+        target: parameters to keep (depth/width): a fraction in (0, 1) or a count ("70M", 70000000).
+        calib: calibration data (built-in corpus, file or directory); its train split is used.
+        nsamples: calibration sequences (128 in the Wanda and SparseGPT papers).
+        seqlen: tokens per calibration sequence.
+        batch_size: sequences per forward pass while calibrating.
+        blocksize: SparseGPT columns per lazy-update block.
+        damp: SparseGPT Hessian dampening, as a fraction of its mean diagonal.
+        iterative: depth: re-measure layer influence after each removal.
+        eval_data: held-out text for perplexity (its val split); default: ``calib``.
+        eval_tokens: tokens of held-out text scored before and after; 0 skips perplexity.
+        overwrite: replace an existing output directory.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["magnitude", "wanda", "sparsegpt", "depth", "width"] = "sparsegpt"
+    sparsity: float | None = None
+    pattern: str | None = None
+    target: float | int | str | None = None
+    calib: str = "python-docs"
+    nsamples: int = 128
+    seqlen: int = 512
+    batch_size: int = 8
+    blocksize: int = 128
+    damp: float = 0.01
+    iterative: bool = False
+    eval_data: str | None = None
+    eval_tokens: int = 16384
+    overwrite: bool = False
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, v):
+        if v is not None and not 0 < v < 1:
+            raise ValueError(f"sparsity {v} must be between 0 and 1 (exclusive), e.g. 0.5")
+        return v
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v):
+        try:
+            parse_pattern(v)
+        except SlmError as exc:
+            raise ValueError(exc.one_line()) from None
+        return v or None
+
+    @field_validator("nsamples", "seqlen", "batch_size", "blocksize")
+    @classmethod
+    def _positive(cls, v):
+        if v < 1:
+            raise ValueError(f"must be at least 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _method_options(self):
+        if self.method in UNSTRUCTURED:
+            if self.target is not None:
+                raise ValueError(f"target is for depth/width; {self.method} takes sparsity")
+            nm = parse_pattern(self.pattern)
+            if nm is None and self.sparsity is None:
+                raise ValueError(f"{self.method} needs sparsity (e.g. 0.5) or pattern (e.g. 2:4)")
+            if nm and self.sparsity is not None and abs(self.sparsity - (1 - nm[0] / nm[1])) > 1e-9:
+                raise ValueError(f"sparsity {self.sparsity} contradicts pattern {self.pattern} "
+                                 f"(which means {1 - nm[0] / nm[1]:g}); give only one")
+        else:
+            if self.target is None:
+                raise ValueError(f"{self.method} needs target: a fraction of parameters to keep "
+                                 "(e.g. 0.7) or a count (e.g. 90M)")
+            if self.sparsity is not None or self.pattern:
+                raise ValueError(f"{self.method} takes target, not sparsity/pattern")
+        return self
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return parse_pattern(self.pattern)
+
+    @property
+    def effective_sparsity(self) -> float:
+        return 1 - self.nm[0] / self.nm[1] if self.nm else float(self.sparsity)
+
+
+def parse_target(target, params: int) -> int:
+    """Parameter budget from a fraction (0, 1) or a count (int, "70M", "1.2B", "5e7")."""
+    value = target
+    if isinstance(target, str):
+        s = target.strip().upper()
+        mult = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9}.get(s[-1:], 1)
+        try:
+            value = float(s[:-1] if mult != 1 else s) * mult
+        except ValueError:
+            raise SlmError(f"target '{target}' is not a fraction or a parameter count",
+                           "write e.g. 0.7 or 90M") from None
+    value = float(value)
+    if value <= 0:
+        raise SlmError(f"target {target} must be positive", "write e.g. 0.7 or 90M")
+    n = int(value * params) if value < 1 else int(value)
+    if n >= params:
+        raise SlmError(f"target {target} ({n:,} parameters) is not smaller than the model "
+                       f"({params:,})", "give a fraction below 1 or a smaller count")
+    return n
+
+
+def check_pattern_fits(model, nm) -> None:
+    """SlmError naming the first Linear whose input size M does not divide."""
+    if not nm:
+        return
+    for i, layer in enumerate(decoder_layers(model)):
+        for name, m in linear_layers(layer).items():
+            if m.in_features % nm[1]:
+                raise SlmError(f"N:M pattern {nm[0]}:{nm[1]} does not divide layer {i} {name} "
+                               f"({m.in_features} inputs)", f"use an M that divides "
+                               f"{m.in_features}")
+
+
+def _open(model) -> SLM:
+    """A private copy: the caller's SLM is not modified."""
+    if isinstance(model, SLM):
+        return SLM(copy.deepcopy(model.model), model.tokenizer, model.spec, dict(model.meta),
+                   model.path)
+    return load(model)
+
+
+def _bytes_before(slm: SLM) -> int:
+    if slm.path is not None and Path(slm.path).is_dir():
+        return dir_bytes(slm.path)
+    return state_bytes(slm.model)
+
+
+def _eval_ids(slm: SLM, cfg: PruneConfig) -> list[int]:
+    from ...data import token_stream
+    if cfg.eval_tokens <= 0:
+        return []
+    return token_stream(cfg.eval_data or cfg.calib, slm.tokenizer, "val", cfg.eval_tokens)
+
+
+def prune_model(model: torch.nn.Module, ids: torch.Tensor | None, cfg: PruneConfig,
+                progress: Progress | None = None) -> tuple[torch.nn.Module, dict]:
+    """Apply ``cfg.method`` to ``model``; returns the pruned model and what changed.
+
+    Unstructured methods prune ``model`` in place; depth/width return a new model.
+    """
+    tick = (lambda d, t: progress("prune", d, t)) if progress else None
+    if cfg.method in STRUCTURED:
+        target = parse_target(cfg.target, count_params(model))
+        if cfg.method == "depth":
+            return depth.prune(model, ids, target, iterative=cfg.iterative,
+                               batch_size=cfg.batch_size, progress=tick)
+        return width.prune(model, ids, target, batch_size=cfg.batch_size)
+    opts = dict(sparsity=cfg.effective_sparsity, pattern=cfg.nm)
+    if cfg.method == "magnitude":
+        prune_each(model, partial(magnitude.prune_linear, **opts), tick)
+    elif cfg.method == "wanda":
+        prune_layerwise(model, ids, partial(wanda.prune_linear, **opts),
+                        batch_size=cfg.batch_size, progress=tick)
+    else:
+        fn = partial(sparsegpt.prune_linear, blocksize=cfg.blocksize, damp=cfg.damp, **opts)
+        prune_layerwise(model, ids, fn, hessian=True, batch_size=cfg.batch_size, progress=tick)
+    return model, {}
+
+
+def run_prune(model, out: str | os.PathLike, cfg: PruneConfig,
+              progress: Progress | None = None) -> dict:
+    """Prune ``model`` and save the result to ``out`` with ``report.json``; returns the report.
+
+    Args:
+        model: a spec ``slmkit.load`` accepts, or an SLM (copied, not modified).
+        out: output directory; written complete or not at all.
+        cfg: the prune options.
+        progress: optional ``progress(stage, done, total)`` callback.
+
+    Raises:
+        SlmError: bad options, a pattern that does not fit, a target not below the model
+            size, or calibration data shorter than one sequence. Nothing is written then.
+    """
+    t_start = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not cfg.overwrite:
+        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    slm = _open(model)
+    torch_model = slm.model.eval()
+    check_pattern_fits(torch_model, cfg.nm)
+    params_before = count_params(torch_model)
+    if cfg.method in STRUCTURED:
+        parse_target(cfg.target, params_before)            # fail before any slow work
+    ids = None
+    if cfg.method != "magnitude":
+        ids = calib_blocks(cfg.calib, slm.tokenizer, cfg.seqlen, cfg.nsamples)
+        check_calib(ids, cfg.seqlen)
+    eval_ids = _eval_ids(slm, cfg)
+    ppl_before = perplexity(torch_model, eval_ids, cfg.seqlen) if eval_ids else None
+    t0 = time.perf_counter()
+    pruned, structure = prune_model(torch_model, ids, cfg, progress)
+    prune_time = time.perf_counter() - t0
+    ppl_after = perplexity(pruned, eval_ids, cfg.seqlen) if eval_ids else None
+    report = {
+        "method": cfg.method, "config": cfg.model_dump(), "source": str(slm.spec),
+        "params_before": params_before, "params_after": count_params(pruned),
+        "bytes_before": _bytes_before(slm), "bytes_after": None,
+        "ppl_before": ppl_before, "ppl_after": ppl_after, "eval_tokens": len(eval_ids),
+        "calib_tokens": 0 if ids is None else int(ids.numel()),
+        "prune_time_s": prune_time, "structure": structure,
+    }
+    if cfg.method in UNSTRUCTURED:
+        sp = layer_sparsity(pruned)
+        report.update(layer_sparsity=sp, sparse_format_bytes=sparse_format_bytes(pruned, cfg.nm),
+                      sparsity=sum(r["sparsity"] for r in sp) / len(sp), note=SPARSE_NOTE)
+    _write(SLM(pruned, slm.tokenizer, slm.spec, slm.meta, slm.path), out, cfg, report, t_start)
+    return report
+
+
+def _write(slm: SLM, out: Path, cfg: PruneConfig, report: dict, t_start: float) -> None:
+    """Save model + report.json into a temporary directory, then rename it to ``out``."""
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save(slm, tmp, step={"step": "prune", "config": cfg.model_dump(),
+                             "report": {k: v for k, v in report.items()
+                                        if k not in ("layer_sparsity", "config")}})
+        report["bytes_after"] = dir_bytes(tmp)
+        report["total_time_s"] = time.perf_counter() - t_start
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
