@@ -1,0 +1,60 @@
+"""Does the exported file compute what the PyTorch model computes?
+
+Both models score the same token ids of a fixed held-out text; we compare the
+next-token argmax at every position and the perplexity of each.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+PARITY_TEXT = "python-docs"
+
+
+def parity_ids(tok, n_tokens: int, text: str = PARITY_TEXT) -> list[int]:
+    """The first ``n_tokens`` ids of the held-out split of ``text`` (a corpus or path)."""
+    from ..data import token_stream
+    return token_stream(text, tok, "val", max_tokens=n_tokens)
+
+
+def nll_ppl(logits: torch.Tensor, ids: list[int]) -> float:
+    """Perplexity of ``ids[1:]`` under (T, V) ``logits``."""
+    tgt = torch.tensor(ids[1:])
+    return math.exp(float(torch.nn.functional.cross_entropy(logits[:-1].float(), tgt)))
+
+
+@torch.no_grad()
+def compare(ref: torch.Tensor, got: torch.Tensor, ids: list[int]) -> dict:
+    """Argmax agreement and perplexities of two (T, V) logit matrices over ``ids``."""
+    v = min(ref.shape[-1], got.shape[-1])
+    ref, got = ref[:, :v].float(), got[:, :v].float()
+    agree = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
+    ppl_ref, ppl_got = nll_ppl(ref, ids), nll_ppl(got, ids)
+    return {"tokens": len(ids), "argmax_agreement": round(agree, 4),
+            "max_abs_logit_diff": round(float((ref - got).abs().max()), 5),
+            "ppl_pytorch": round(ppl_ref, 4), "ppl_export": round(ppl_got, 4),
+            "ppl_diff": round(ppl_got - ppl_ref, 4),
+            "ppl_diff_pct": round(100 * (ppl_got / ppl_ref - 1), 3)}
+
+
+@torch.no_grad()
+def pytorch_logits(model, ids: list[int]) -> torch.Tensor:
+    return model(torch.tensor([ids])).logits[0].float()
+
+
+def gguf_parity(slm, path, ids: list[int], text: str) -> dict:
+    """Score ``ids`` with llama.cpp on ``path`` and with ``slm``; also compare tokenizers."""
+    from ..engines.llamacpp import LlamaCppEngine
+    eng = LlamaCppEngine(path, n_ctx=max(64, len(ids) + 8), n_threads=None, logits_all=True)
+    try:
+        res = compare(pytorch_logits(slm.model, ids), eng.logits(ids), ids)
+        sample = slm.tokenizer.decode(ids[: min(len(ids), 128)])
+        hf_ids = slm.tokenizer(sample, add_special_tokens=False)["input_ids"]
+        cpp_ids = eng.llm.tokenize(sample.encode(), add_bos=False, special=True)
+        res["tokenizer_match"] = hf_ids == cpp_ids
+    finally:
+        del eng
+    res["engine"] = "llama.cpp"
+    res["text"] = text
+    return res

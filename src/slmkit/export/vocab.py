@@ -1,0 +1,100 @@
+"""Tokenizer -> GGUF metadata (byte-level BPE, as llama.cpp's ``gpt2`` model)."""
+from __future__ import annotations
+
+import json
+
+import gguf
+
+from ..errors import SlmError
+
+# (substring of tokenizer.json's pre_tokenizer, llama.cpp pre-tokenizer name), first match wins
+_PRE_PATTERNS = (
+    ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+"
+     "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", "qwen2"),
+    ("\\p{N}{1,3}", "llama-bpe"),
+    ('"Digits", "individual_digits": true', "smollm"),
+)
+
+
+def pre_tokenizer_name(tok, source_gguf: str | None = None) -> str:
+    """llama.cpp's name for the tokenizer's pre-tokenizer regex.
+
+    A model first read from a GGUF file keeps that file's name; otherwise it is
+    recognised from ``tokenizer.json`` (plain ByteLevel is GPT-2's regex, "gpt-2").
+    """
+    if source_gguf:
+        try:
+            r = gguf.GGUFReader(source_gguf)
+            f = r.fields.get(gguf.Keys.Tokenizer.PRE)
+            if f is not None:
+                return f.contents()
+        except (OSError, ValueError):
+            pass
+    pre = json.dumps(_tokenizer_json(tok).get("pre_tokenizer"))
+    for pat, name in _PRE_PATTERNS:
+        if pat in pre or json.dumps(pat)[1:-1] in pre:
+            return name
+    return "gpt-2"
+
+
+def _tokenizer_json(tok) -> dict:
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    if backend is None:
+        raise SlmError(f"tokenizer {type(tok).__name__} has no fast (tokenizers) backend",
+                       "export needs a tokenizer.json-based tokenizer")
+    return json.loads(backend.to_str())
+
+
+def add_tokenizer(w: gguf.GGUFWriter, tok, vocab_size: int, source_gguf: str | None = None) -> dict:
+    """Write tokens, types, merges, special ids and chat template to ``w``.
+
+    Args:
+        w: the writer.
+        tok: the HF (fast) tokenizer.
+        vocab_size: rows of the embedding matrix; ids past the tokenizer are padding.
+        source_gguf: GGUF file the model was first read from, if any.
+
+    Returns:
+        what was written, for the report.
+    """
+    tj = _tokenizer_json(tok)
+    model = tj["model"]
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        raise SlmError(f"tokenizer type {model.get('type')} (byte_fallback="
+                       f"{model.get('byte_fallback')}) is not supported by the GGUF exporter",
+                       "export models with a byte-level BPE tokenizer (GPT-2 style)")
+    vocab = tok.get_vocab()
+    if len(vocab) > vocab_size:
+        raise SlmError(f"tokenizer has {len(vocab)} tokens but the model only {vocab_size} rows",
+                       "resize the model's embeddings to the tokenizer")
+    added = {t["content"]: t.get("special", False) for t in tj.get("added_tokens", [])}
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    types = [gguf.TokenType.UNUSED] * vocab_size
+    for text, i in vocab.items():
+        tokens[i] = text
+        types[i] = (gguf.TokenType.CONTROL if added.get(text) else
+                    gguf.TokenType.USER_DEFINED if text in added else gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    pre = pre_tokenizer_name(tok, source_gguf)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    _add_special(w, tok)
+    if getattr(tok, "chat_template", None):
+        w.add_chat_template(tok.chat_template)
+    return {"model": "gpt2", "pre": pre, "tokens": len(vocab), "merges": len(merges)}
+
+
+def _add_special(w: gguf.GGUFWriter, tok) -> None:
+    ids = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "unk": tok.unk_token_id,
+           "pad": tok.pad_token_id}
+    for kind, i in ids.items():
+        if i is not None:
+            getattr(w, f"add_{kind}_token_id")(int(i))
+    probe = tok("a", add_special_tokens=True)["input_ids"]
+    w.add_add_bos_token(bool(probe) and tok.bos_token_id is not None
+                        and probe[0] == tok.bos_token_id)
+    w.add_add_eos_token(bool(probe) and tok.eos_token_id is not None and len(probe) > 1
+                        and probe[-1] == tok.eos_token_id)
