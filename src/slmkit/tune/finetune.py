@@ -239,6 +239,7 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
     t0 = time.time()
     slm = _load(model)
     fingerprint = adapters.base_fingerprint(slm.model)
+    n_params = slm.n_params
     train_data, val, info = prepare_data(cfg, slm.tokenizer)
     batches = PackedBatches(train_data, cfg.batch_size)
     steps = plan_steps(cfg, len(batches))
@@ -252,6 +253,7 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
                 work, eval_fn=stopper, resume=cfg.resume, progress=progress)
     restored = stopper.restore_best() if stopper is not None else False
     report = _report(cfg, slm, net, rep, info, steps, restored, t0)
+    report["params"] = n_params
     _write_outputs(slm, net, cfg, work, out, fingerprint, report)
     return report
 
