@@ -1,0 +1,313 @@
+"""Run a recipe: one artifact directory per step, skipped when unchanged, resumable.
+
+    runs/<name>/
+      00-base/          the base model (or a pointer to it) + step.json
+      01-finetune/      what the step wrote (model, report.json) + step.json
+      ...
+      report.json, report.html
+
+Each step's key is a SHA-256 over its kind, its resolved options, the content
+hash of the artifact it reads (and of its teacher) and a fingerprint of the
+data it names. ``step.json`` stores the key and the content hash of what the
+step wrote, so the next step's key changes exactly when its input does.
+
+A step runs in ``<run>/.work/NN-name`` (a fixed path, so a training step finds
+its checkpoints in ``.work/NN-name.partial/checkpoints`` after an interruption)
+and is renamed into place when done: a step directory is complete or absent.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import SlmError
+from .recipe import Recipe, input_of, resolved_options
+
+STEP_FILE = "step.json"
+WORK = ".work"
+DATA_KEYS = ("data", "calib", "calib_data", "general_data", "task")
+
+
+@dataclass
+class StepResult:
+    """What happened to one step in this build."""
+
+    name: str
+    step: str
+    dir: Path
+    status: str                     # "ran" or "skipped"
+    key: str
+    artifact: str | None            # what the next step reads (dir, .gguf) or None
+    artifact_hash: str | None
+    seconds: float
+    report: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- hashing
+
+def sha256_files(paths: list[Path]) -> str:
+    """Content hash of files (names and bytes), in the given order."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def artifact_hash(path: Path) -> str:
+    """Content hash of a model: a file, or a directory's weights, config and tokenizer."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_files([path])
+    names = ("*.safetensors", "*.gguf", "config.json", "tokenizer.json", "adapter_config.json")
+    files = sorted({p for pat in names for p in path.glob(pat)})
+    if not files:
+        raise SlmError(f"{path} holds no model files to hash", "check the step's output")
+    return sha256_files(files)
+
+
+_DATA_FP: dict[str, str] = {}
+
+
+def data_fingerprint(spec: str) -> str:
+    """Content hash of the records a data spec reads (cached per process)."""
+    if spec not in _DATA_FP:
+        from ..data import read_records
+        text = json.dumps(read_records(spec), sort_keys=True)
+        _DATA_FP[spec] = hashlib.sha256(text.encode()).hexdigest()
+    return _DATA_FP[spec]
+
+
+def step_key(kind: str, options: dict, input_hash: str, teacher_hash: str | None) -> str:
+    """The key that decides whether a finished step can be reused."""
+    opts = {k: v for k, v in options.items() if k not in ("resume", "teacher")}
+    data = {k: data_fingerprint(v) for k, v in opts.items()
+            if k in DATA_KEYS and isinstance(v, str)}
+    blob = json.dumps({"step": kind, "options": opts, "input": input_hash,
+                       "teacher": teacher_hash, "data": data}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- the build
+
+class Build:
+    """Runs a :class:`Recipe` into ``out``.
+
+    Args:
+        recipe: a validated recipe.
+        out: the run directory (``runs/<name>`` by default).
+        force: start from scratch (delete ``out`` first).
+        console: a rich console for progress (default: the CLI's).
+        after_step: called with each :class:`StepResult` (tests use it to interrupt).
+    """
+
+    def __init__(self, recipe: Recipe, out: str | Path | None = None, *, force: bool = False,
+                 console=None, after_step: Callable[[StepResult], None] | None = None):
+        from rich.console import Console
+        self.recipe = recipe
+        self.out = Path(out) if out else Path("runs") / recipe.name
+        self.force = force
+        self.console = console or Console(stderr=False)
+        self.after_step = after_step
+        self.results: dict[str, StepResult] = {}
+
+    def run(self) -> dict:
+        """Run every step (skipping unchanged ones), then write the report.
+
+        Returns:
+            the build report (also ``out/report.json``).
+        """
+        from .report import write_report
+        if self.force and self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._save_recipe()
+        n = len(self.recipe.steps)
+        t0 = time.time()
+        self._announce(0, n, "base", self.recipe.base)
+        self._done(self.base())
+        for i, step in enumerate(self.recipe.steps):
+            self._announce(i + 1, n, step.name, step.step)
+            self._done(self.step(i))
+        self.console.rule("[bold]report")
+        return write_report(self, time.time() - t0)
+
+    # ------------------------------------------------------------ base
+
+    def base(self) -> StepResult:
+        """The base model as stage ``base`` (tiny models are written to ``00-base``)."""
+        spec = self.recipe.base
+        d = self.out / "00-base"
+        key = hashlib.sha256(f"base\0{spec}\0{self.recipe.seed}".encode()).hexdigest()
+        old = _read_step(d)
+        if old and old.get("key") == key:
+            res = self._result_from(old, d, "skipped")
+        else:
+            t0 = time.time()
+            artifact, h = self._materialise_base(spec, d)
+            res = StepResult("base", "base", d, "ran", key, artifact, h, time.time() - t0,
+                             config={"base": spec})
+            _write_step(d, res)
+        self.results["base"] = res
+        return res
+
+    def _materialise_base(self, spec: str, d: Path) -> tuple[str, str]:
+        from ..models.catalog import CATALOG
+        from ..models.io import builtin_gguf, replace_dir, save
+        tmp = d.with_name(d.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if spec.startswith("tiny:"):
+            from ..models.tiny import TINY_FAMILIES, tiny_slm
+            family = spec.split(":", 1)[1]
+            if family not in TINY_FAMILIES:
+                raise SlmError(f"unknown tiny family '{family}'",
+                               f"use one of: {', '.join(TINY_FAMILIES)}")
+            save(tiny_slm(family, seed=self.recipe.seed), tmp)
+            replace_dir(tmp, d)
+            return str(d), artifact_hash(d)
+        source = builtin_gguf(spec) if spec in CATALOG else Path(spec).expanduser()
+        if not source.exists():                       # a cached hub id
+            from ..models.io import load
+            source = Path(load(spec).path)
+        d.mkdir(parents=True, exist_ok=True)
+        return spec, artifact_hash(source)
+
+    # ------------------------------------------------------------ steps
+
+    def step(self, i: int) -> StepResult:
+        """Run (or skip) step ``i`` of the recipe."""
+        step = self.recipe.steps[i]
+        d = self.out / f"{i + 1:02d}-{step.name}"
+        src = self.results[input_of(self.recipe, i)]
+        teacher = self.results.get(step.options.get("teacher", "")) if step.step == "distill" \
+            else None
+        opts = resolved_options(self.recipe, i, teacher.artifact if teacher else None)
+        key = step_key(step.step, opts, src.artifact_hash or "",
+                       teacher.artifact_hash if teacher else None)
+        old = _read_step(d)
+        if old and old.get("key") == key and old.get("status") == "done":
+            res = self._result_from(old, d, "skipped")
+        else:
+            res = self._execute(i, d, src, opts, key)
+        self.results[step.name] = res
+        if self.after_step:
+            self.after_step(res)
+        return res
+
+    def _execute(self, i: int, d: Path, src: StepResult, opts: dict, key: str) -> StepResult:
+        from ..models.io import replace_dir
+        step = self.recipe.steps[i]
+        work = self.out / WORK / d.name
+        _prepare_work(work, key)
+        cfg = step.kind.config_class()(**opts)
+        t0 = time.time()
+        if step.step == "eval":
+            report = self._eval(i, cfg)
+            work.mkdir(parents=True, exist_ok=True)
+            (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        elif step.kind.makes == "gguf":
+            work.mkdir(parents=True, exist_ok=True)
+            report = step.kind.run_function()(src.artifact, work / "model.gguf", cfg)
+        else:
+            report = step.kind.run_function()(src.artifact, work, cfg)
+        seconds = time.time() - t0
+        artifact = _artifact_in(work, step.kind.makes)
+        res = StepResult(step.name, step.step, d, "ran", key,
+                         str(_artifact_in(d, step.kind.makes)) if artifact else None,
+                         artifact_hash(artifact) if artifact else None, seconds,
+                         report=report or {}, config=cfg.model_dump(mode="json"))
+        _write_step(work, res)
+        replace_dir(work, d)
+        _cleanup_work(work)
+        return res
+
+    def _eval(self, i: int, cfg) -> dict:
+        """Evaluate every stage so far (base first), side by side."""
+        stages = [r for r in self.results.values() if r.artifact]
+        report = self.recipe.steps[i].kind.run_function()([r.artifact for r in stages], cfg)
+        for row, r in zip(report["models"], stages):
+            row["stage"] = r.name
+            row["step"] = r.step
+        return report
+
+    # ------------------------------------------------------------ helpers
+
+    def _result_from(self, rec: dict, d: Path, status: str) -> StepResult:
+        report = rec.get("report") or _read_json(d / "report.json")
+        return StepResult(rec["name"], rec["step"], d, status, rec["key"], rec.get("artifact"),
+                          rec.get("artifact_hash"), rec.get("seconds", 0.0), report,
+                          rec.get("config", {}))
+
+    def _save_recipe(self) -> None:
+        text = self.recipe.model_dump_json(indent=2, exclude={"source"})
+        (self.out / "recipe.json").write_text(text)
+
+    def _announce(self, i: int, n: int, name: str, what: str) -> None:
+        self.console.rule(f"[bold]step {i}/{n}: {name}[/] ({what})", align="left")
+
+    def _done(self, res: StepResult) -> None:
+        verb = "[green]done[/]" if res.status == "ran" else "[cyan]unchanged, skipped[/]"
+        extra = f" in {res.seconds:.1f} s" if res.status == "ran" else ""
+        where = res.artifact or res.dir
+        self.console.print(f"  {verb}{extra}: {where}", highlight=False)
+        sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- files
+
+def _artifact_in(d: Path, makes: str | None) -> Path | None:
+    if makes == "model":
+        return d
+    if makes == "gguf":
+        found = sorted(d.glob("*.gguf"))
+        return found[0] if found else d / "model.gguf"
+    return None
+
+
+def _prepare_work(work: Path, key: str) -> None:
+    """Keep a half-done step's checkpoints only if they were made for this key."""
+    work.parent.mkdir(parents=True, exist_ok=True)
+    key_file = work.with_name(work.name + ".key")
+    partial = work.with_name(work.name + ".partial")
+    if key_file.exists() and key_file.read_text() != key:
+        shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)        # never reuse a half-written output
+    key_file.write_text(key)
+
+
+def _cleanup_work(work: Path) -> None:
+    for p in (work.with_name(work.name + ".partial"), work.with_name(work.name + ".key")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+
+
+def _write_step(d: Path, res: StepResult) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    rec = {"name": res.name, "step": res.step, "status": "done", "key": res.key,
+           "artifact": res.artifact, "artifact_hash": res.artifact_hash,
+           "seconds": round(res.seconds, 2), "config": res.config,
+           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (d / STEP_FILE).write_text(json.dumps(rec, indent=2, default=str))
+
+
+def _read_step(d: Path) -> dict | None:
+    rec = _read_json(d / STEP_FILE)
+    return rec or None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
