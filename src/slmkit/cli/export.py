@@ -1,0 +1,47 @@
+"""slm export: GGUF for llama.cpp, or a plain HF safetensors directory."""
+from __future__ import annotations
+
+import typer
+
+from .app import app, console, print_json
+
+
+@app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="Model: built-in name, HF directory (also quantized) or .gguf file."),
+    out: str = typer.Option(..., "--out", "-o", help="Output .gguf file, or directory for --format hf."),
+    fmt: str = typer.Option("gguf", "--format", "-f", help="gguf or hf."),
+    type_: str = typer.Option("f16", "--type", "-t", help="GGUF type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k, ..."),
+    parity_tokens: int = typer.Option(256, help="Held-out tokens for the parity check (0 skips)."),
+    parity_text: str = typer.Option("python-docs", help="Text for the parity check (val split)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+):
+    """Export a model to GGUF (checked against PyTorch in llama.cpp) or to plain HF safetensors.
+
+    Every export is reloaded and compared with the PyTorch model on a fixed held-out
+    text: next-token argmax agreement and perplexity, printed and saved in the report.
+
+    Example: slm export runs/q4 --format gguf --type q4_0 --out runs/q4.gguf
+    """
+    from ..export import ExportConfig, run_export
+    from ..pipeline_util import config_from_options
+    from ..progress import progress_bar
+    cfg = config_from_options(ExportConfig, format=fmt, type=type_, parity_tokens=parity_tokens,
+                              parity_text=parity_text)
+    with progress_bar(f"export {fmt}", total=None, enabled=not json_out):
+        report = run_export(model, out, cfg, overwrite=force)
+    if json_out:
+        print_json(report)
+        return
+    p = report.get("parity")
+    what = f"{fmt} {report.get('type', '')}".strip()
+    console.print(f"wrote {report['path']} ({what}, {report['bytes_on_disk'] / 2**20:.1f} MiB)")
+    if "packed_direct" in report and (report["packed_direct"] or report["packed_dequantized"]):
+        console.print(f"packed layers copied as blocks: {report['packed_direct']}, "
+                      f"dequantized and re-encoded: {report['packed_dequantized']}")
+    if p:
+        console.print(f"parity ({p['engine']}, {p['tokens']} tokens): argmax agreement "
+                      f"{100 * p['argmax_agreement']:.1f}%, perplexity {p['ppl_pytorch']:.3f} "
+                      f"-> {p['ppl_export']:.3f} ({p['ppl_diff_pct']:+.2f}%)")
+    console.print(f"report: {report['report_path']}")
