@@ -127,6 +127,7 @@ class Build:
             the build report (also ``out/report.json``).
         """
         from .report import write_report
+        _quiet_transformers()
         if self.force and self.out.exists():
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -191,8 +192,10 @@ class Build:
         teacher = self.results.get(step.options.get("teacher", "")) if step.step == "distill" \
             else None
         opts = resolved_options(self.recipe, i, teacher.artifact if teacher else None)
-        key = step_key(step.step, opts, src.artifact_hash or "",
-                       teacher.artifact_hash if teacher else None)
+        input_hash = src.artifact_hash or ""
+        if step.step == "eval":                    # eval reads every stage it compares
+            input_hash = json.dumps([(r.name, r.artifact_hash) for r in self._stages(i)])
+        key = step_key(step.step, opts, input_hash, teacher.artifact_hash if teacher else None)
         old = _read_step(d)
         if old and old.get("key") == key and old.get("status") == "done":
             res = self._result_from(old, d, "skipped")
@@ -232,18 +235,34 @@ class Build:
 
     def _eval(self, i: int, cfg) -> dict:
         """Evaluate every stage so far (base first), side by side."""
-        stages = [r for r in self.results.values() if r.artifact]
+        stages = self._stages(i)
         report = self.recipe.steps[i].kind.run_function()([r.artifact for r in stages], cfg)
         for row, r in zip(report["models"], stages):
             row["stage"] = r.name
             row["step"] = r.step
         return report
 
+    def _stages(self, i: int) -> list[StepResult]:
+        """The stages eval step ``i`` compares: those it names, or all made so far."""
+        wanted = self.recipe.steps[i].stages
+        return [r for r in self.results.values() if r.artifact
+                and (wanted is None or r.name in wanted)]
+
     # ------------------------------------------------------------ helpers
 
     def _result_from(self, rec: dict, d: Path, status: str) -> StepResult:
-        report = rec.get("report") or _read_json(d / "report.json")
-        return StepResult(rec["name"], rec["step"], d, status, rec["key"], rec.get("artifact"),
+        """A finished step read back from its ``step.json`` (paths taken from where it is now)."""
+        from .steps import STEPS
+        report = _read_json(d / "report.json")
+        artifact = rec.get("artifact")
+        if rec["step"] in STEPS:
+            found = _artifact_in(d, STEPS[rec["step"]].makes)
+            artifact = str(found) if found else None
+            if found and found.suffix == ".gguf":
+                report = report or _read_json(found.with_name(found.name + ".report.json"))
+        elif rec["step"] == "base" and (d / "config.json").exists():
+            artifact = str(d)
+        return StepResult(rec["name"], rec["step"], d, status, rec["key"], artifact,
                           rec.get("artifact_hash"), rec.get("seconds", 0.0), report,
                           rec.get("config", {}))
 
@@ -260,6 +279,15 @@ class Build:
         where = res.artifact or res.dir
         self.console.print(f"  {verb}{extra}: {where}", highlight=False)
         sys.stdout.flush()
+
+
+def _quiet_transformers() -> None:
+    """The build shows its own progress; drop transformers' per-load bars."""
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 # ---------------------------------------------------------------- files

@@ -29,7 +29,7 @@ from ..errors import SlmError
 from .steps import FROM_RECIPE, STEP_DEFAULTS, STEPS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-RESERVED = ("step", "name", "input")      # step keys that are not options of the step's config
+RESERVED = ("step", "name", "input", "stages")   # step keys that are not config options
 DEFAULT_PROMPTS = [
     "In Python, a list comprehension",
     "The with statement is used to",
@@ -45,6 +45,7 @@ class Step(BaseModel):
     step: str
     name: str
     input: str | None = None        # a previous step's name or "base"; default: last model
+    stages: list[str] | None = None  # eval: which stages to compare; default: all so far
     options: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -173,7 +174,7 @@ def parse_recipe(data: dict, loc: Located, *, base_dir: Path = Path("."),
     raw["source"] = source
     for key in ("base", "data", "general_data"):
         if isinstance(raw.get(key), str) and not _is_builtin(key, raw[key]):
-            raw[key] = str(_relative(raw[key], base_dir))
+            raw[key] = _relative(raw[key], base_dir)
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
@@ -184,10 +185,10 @@ def parse_recipe(data: dict, loc: Located, *, base_dir: Path = Path("."),
     if recipe.compare_to not in {"base"} | set(model_steps(recipe)):
         raise loc.error(("compare_to",), f"'{recipe.compare_to}' is not a stage of this recipe",
                         f"use 'base' or one of: {', '.join(model_steps(recipe))}")
-    for i, step in enumerate(recipe.steps):
-        validate_options(recipe, i, loc)
     if check_files:
         check_paths(recipe, loc)
+    for i, step in enumerate(recipe.steps):
+        validate_options(recipe, i, loc)
     return recipe
 
 
@@ -215,7 +216,11 @@ def _split_step(item, i: int, loc: Located) -> dict:
     for key in ("name", "input"):
         if key in item and not isinstance(item[key], str):
             raise loc.error(("steps", i, key), "must be a string")
-    return {"step": kind, "name": item.get("name"), "input": item.get("input"),
+    stages = item.get("stages")
+    if stages is not None and (kind != "eval" or not isinstance(stages, list)):
+        raise loc.error(("steps", i, "stages"), "only an eval step takes `stages:`, a list of "
+                        "step names (and 'base')")
+    return {"step": kind, "name": item.get("name"), "input": item.get("input"), "stages": stages,
             "options": {k: v for k, v in item.items() if k not in RESERVED}}
 
 
@@ -253,10 +258,10 @@ def _is_builtin(key: str, value: str) -> bool:
     return value in CORPORA
 
 
-def _relative(value: str, base_dir: Path) -> Path:
+def _relative(value: str, base_dir: Path) -> str:
     """Paths in a recipe are relative to the recipe file."""
     p = Path(value).expanduser()
-    return p if p.is_absolute() or not (base_dir / p).exists() else (base_dir / p)
+    return value if p.is_absolute() or not (base_dir / p).exists() else str(base_dir / p)
 
 
 # ---------------------------------------------------------------- checks
@@ -293,6 +298,10 @@ def check_order(recipe: Recipe, loc: Located) -> None:
         _check_input_kind(step, src, made[src], loc, where)
         if step.step == "distill":
             _check_teacher(recipe, i, made, loc)
+        for j, name in enumerate(step.stages or []):
+            if name not in made:
+                raise loc.error(("steps", i, "stages", j), f"'{name}' is not an earlier stage",
+                                f"use 'base' or one of: {', '.join(made)}")
         if step.kind.makes:
             made[step.name] = _output_kind(step)
 
@@ -370,6 +379,9 @@ def validate_options(recipe: Recipe, i: int, loc: Located):
         err = errs[0]
         field = tuple(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        if field and field[0] not in step.options and field[0] in FROM_RECIPE:
+            raise loc.error((FROM_RECIPE[field[0]],), f"{msg} (step '{step.name}' reads it as "
+                            f"'{field[0]}')", "fix the value in the recipe") from exc
         if err["type"] == "extra_forbidden":
             allowed = [f for f in cls.model_fields if f not in FROM_RECIPE]
             msg = f"'{field[0]}' is not an option of step '{step.step}'"
@@ -381,11 +393,14 @@ def check_paths(recipe: Recipe, loc: Located) -> None:
     """The base model and every data file the recipe names must exist."""
     from ..data.corpora import CORPORA
     from ..models.catalog import CATALOG
+    from ..models.io import hub_cached
     base = recipe.base
-    if not (base in CATALOG or base.startswith("tiny:") or Path(base).expanduser().exists()
-            or (base.count("/") == 1 and not base.startswith((".", "/", "~")))):
-        raise loc.error(("base",), f"model '{base}' not found",
-                        f"use a path, a built-in name ({', '.join(CATALOG)}) or `tiny:llama`")
+    if not (base in CATALOG or base.startswith("tiny:") or Path(base).expanduser().exists()):
+        hub = base.count("/") == 1 and not base.startswith((".", "/", "~"))
+        if not hub or not hub_cached(base):
+            raise loc.error(("base",), f"model '{base}' not found" + (
+                " (not a path, and not in the local Hugging Face cache)" if hub else ""),
+                f"use a path, a built-in name ({', '.join(CATALOG)}) or `tiny:llama`")
     for key in ("data", "general_data"):
         value = getattr(recipe, key)
         if value and value not in CORPORA and not Path(value).expanduser().exists():
