@@ -226,7 +226,7 @@ async def _run(request: Request, st: ServerState, req, ids: list[int], budget: i
     if req.stream:
         usage = bool(req.stream_options and req.stream_options.include_usage)
         events = _sse(st, job, rid, req.model, chat, usage, endpoint)
-        return JobStream(events, job=job, scheduler=st.scheduler,
+        return JobStream(events, job=job, state=st,
                          media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return await _whole(request, st, job, rid, req.model, chat, endpoint)
@@ -235,9 +235,9 @@ async def _run(request: Request, st: ServerState, req, ids: list[int], budget: i
 class JobStream(StreamingResponse):
     """A streaming response that cancels its job however it ends (done, disconnect, error)."""
 
-    def __init__(self, content, *, job: Job, scheduler: Scheduler, **kw):
+    def __init__(self, content, *, job: Job, state: ServerState, **kw):
         super().__init__(content, **kw)
-        self.job, self.scheduler = job, scheduler
+        self.job, self.state, self.scheduler = job, state, state.scheduler
 
     async def __call__(self, scope, receive, send):
         try:
@@ -245,6 +245,7 @@ class JobStream(StreamingResponse):
         finally:
             self.scheduler.cancel(self.job)
             await self.body_iterator.aclose()
+            _account(self.state, self.job, scope["path"])
 
 
 async def _whole(request, st, job, rid, model, chat, endpoint) -> JSONResponse:
@@ -257,14 +258,15 @@ async def _whole(request, st, job, rid, model, chat, endpoint) -> JSONResponse:
             if kind == "text":
                 parts.append(payload)
             elif kind == "done":
+                job.finished = True
                 break
             else:
                 raise _job_error(kind, payload)
     finally:
         watcher.cancel()
         st.scheduler.cancel(job)
+        _account(st, job, endpoint)
     text = "".join(parts)
-    _account(st, job, endpoint)
     choice = ({"index": 0, "message": {"role": "assistant", "content": text}}
               if chat else {"index": 0, "text": text})
     choice.update(logprobs=None, finish_reason=job.stats.finish_reason)
@@ -305,6 +307,7 @@ async def _sse(st, job, rid, model, chat, include_usage, endpoint):
             yield chunk(payload)
             continue
         if kind == "done":
+            job.finished = True
             _account(st, job, endpoint)
             yield chunk(None, finish=job.stats.finish_reason)
             if include_usage:
@@ -335,7 +338,14 @@ def _usage(job: Job) -> dict:
 
 
 def _account(st: ServerState, job: Job, endpoint: str) -> None:
+    """Record a job's tokens once, however it ended; latency only for finished ones."""
+    if job.accounted:
+        return
+    job.accounted = True
     m = st.metrics
     m.prompt_tokens.inc(job.stats.prompt_tokens)
     m.completion_tokens.inc(job.stats.completion_tokens)
-    m.latency.labels(endpoint).observe(time.perf_counter() - job.t_submit)
+    if job.finished:
+        m.latency.labels(endpoint).observe(time.perf_counter() - job.t_submit)
+    else:
+        m.cancelled.inc()

@@ -24,6 +24,9 @@ class Metrics:
         self.prompt_tokens = Counter("slm_prompt_tokens", "Prompt tokens processed", registry=r)
         self.completion_tokens = Counter("slm_completion_tokens", "Tokens generated",
                                          registry=r)
+        self.cancelled = Counter("slm_cancelled_requests",
+                                 "Generations stopped early (client gone, error or shutdown)",
+                                 registry=r)
         self.latency = Histogram("slm_request_latency_seconds",
                                  "Whole request time, to the last streamed byte",
                                  ["endpoint"], buckets=_LATENCY, registry=r)

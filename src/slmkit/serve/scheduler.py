@@ -52,6 +52,8 @@ class Job:
     t_submit: float = field(default_factory=time.perf_counter)
     t_start: float | None = None
     t_first: float | None = None
+    finished: bool = False         # the consumer saw "done"
+    accounted: bool = False        # metrics recorded (once per job)
 
     def post(self, kind: str, payload) -> None:
         try:

@@ -51,7 +51,7 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**32)
     user: str | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
