@@ -81,7 +81,8 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.bfloat16 and self._kernel_ready():
             return self._kernel_forward(x)
-        return F.linear(x, self.dequantize(x.dtype), self.bias)
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, self.dequantize(x.dtype), bias)
 
     # ---- packed CPU kernels (bfloat16 activations)
     def _kernel_ready(self) -> bool:
@@ -99,7 +100,8 @@ class QuantLinear(nn.Module):
         k = self.in_features
         kg = next((g for g in (256, 128, 64, 32) if self.group_size % g == 0 and k % g == 0),
                   None)
-        if self.bits != 4 or kg is None or not hasattr(torch, "_weight_int4pack_mm_for_cpu"):
+        if self.bits != 4 or kg is None or self.out_features % 16 \
+                or not hasattr(torch, "_weight_int4pack_mm_for_cpu"):
             return None
         rep = self.group_size // kg                                     # kernel groups per group
         s = self.scales.float().repeat_interleave(rep, 1)[:, : k // kg]  # (out, K / kg)
