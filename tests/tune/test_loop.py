@@ -13,6 +13,11 @@ from slmkit.tune.loop import (BlockBatches, TrainConfig, batch_index, checkpoint
 from slmkit.tune.schedule import lr_factor
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")     # tiny models: threads only add overhead
+
+
 def _batches(n_blocks=16, block=32, batch_size=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     # a learnable pattern: a few repeated random sequences

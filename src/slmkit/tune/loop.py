@@ -71,6 +71,8 @@ class TrainConfig(BaseModel):
     eval_at_start: bool = Field(True, description="also evaluate before the first step")
     ckpt_every: int = Field(50, ge=0, description="steps between checkpoints; 0 = only at the end")
     log_every: int = Field(1, ge=1, description="steps between progress-bar updates")
+    threads: int | None = Field(None, ge=1, description="CPU threads; default $OMP_NUM_THREADS "
+                                "or all cores split over this machine's ranks")
     seed: int = 0
 
     def curve_fingerprint(self) -> str:
@@ -158,9 +160,14 @@ def is_main() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def _set_threads(world: int) -> None:
+def _threads(cfg: "TrainConfig", world: int) -> int:
+    """cfg.threads, else $OMP_NUM_THREADS, else the cores shared by this node's ranks."""
+    if cfg.threads:
+        return cfg.threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+    return max(1, (os.cpu_count() or 1) // max(1, local))
 
 
 def _all_mean(values: list[float], world: int) -> list[float]:
@@ -421,7 +428,16 @@ def train(model: nn.Module, batches, loss_fn: LossFn, cfg: TrainConfig, work_dir
     if len(batches) == 0:
         raise SlmError("no training batches", "add data or lower the batch size")
     rank, world = dist_setup()
-    _set_threads(world)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_threads(cfg, world))
+    try:
+        return _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress, rank,
+                      world)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress, rank, world):
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
     params = trainable(model)

@@ -1,0 +1,611 @@
+"""Knowledge distillation: a frozen teacher teaches a smaller student.
+
+Loss per token (Hinton et al., 2015; Agarwal et al., 2024 for generalized JSD):
+
+    L = w_kl * T^2 * D(p_T || q_T) + w_ce * CE(q, data) + w_hidden * sum_pairs relMSE
+
+- p_T = softmax(z_teacher / T), q_T = softmax(z_student / T); the T^2 factor keeps
+  gradient sizes comparable across temperatures.
+- D is forward KL  sum p log(p/q) (mean-seeking), reverse KL  sum q log(q/p)
+  (mode-seeking), or generalized JSD(beta) = beta KL(p||m) + (1-beta) KL(q||m) with
+  m = beta p + (1-beta) q.
+- With top-k teacher logits (the cache, or ``top_k`` set), p is the teacher's
+  softmax renormalised over its k largest logits. Forward KL then compares it
+  with the student's full softmax at those k tokens (mass the student puts
+  elsewhere is still penalised through log q); reverse KL and JSD need p on the
+  student's support too, so there the student is also renormalised over the
+  same k tokens. With k = vocabulary size all three equal the exact losses.
+- Hidden-state matching: the output of student layer s is projected (a learned
+  linear map when widths differ, none when equal) and compared with teacher
+  layer t by mean squared error relative to the teacher's mean square (scale-free,
+  since residual-stream norms grow with depth). Default pairs map student layers
+  evenly onto teacher layers (last onto last).
+
+The teacher runs in eval mode, with ``requires_grad=False`` and under
+``torch.no_grad``; the report carries a full hash of its weights before and
+after the run. Training runs on :func:`slmkit.tune.loop.train` (resumable, data
+parallel under torchrun).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from ..errors import SlmError
+from ..tune.losses import (IGNORE_INDEX, backbone_and_head, chunked_head_loss, hidden_states,
+                           shift_labels)
+
+KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
+
+
+class DistillConfig(BaseModel):
+    """Options of one distillation run (recipe step ``distill``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str = Field(..., description="teacher model spec")
+    data: str = Field(..., description="training text: file, directory or built-in corpus")
+    tokens: int = Field(200_000, ge=1, description="training tokens (all ranks)")
+    seq_len: int = Field(256, ge=8)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    bf16: bool = True
+    grad_checkpointing: bool = False
+    kd: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    temperature: float = Field(1.0, gt=0)
+    jsd_beta: float = Field(0.5, gt=0, lt=1, description="JSD mixing weight of the teacher")
+    w_kl: float = Field(1.0, ge=0)
+    w_ce: float = Field(0.0, ge=0)
+    w_hidden: float = Field(0.0, ge=0)
+    layer_pairs: list[tuple[int, int]] | None = Field(
+        None, description="(student layer, teacher layer) pairs for hidden matching")
+    top_k: int | None = Field(None, ge=1, description="teacher logits kept per token "
+                              "(None: full distribution live, 64 for a cache)")
+    teacher_cache: str | None = Field(None, description="directory of cached teacher top-k logits")
+    cross_tokenizer: bool = False
+    val_tokens: int = Field(16_384, ge=0, description="held-out tokens for perplexity")
+    eval_every: int = Field(0, ge=0)
+    ckpt_every: int = Field(50, ge=0)
+    chunk_tokens: int = Field(1024, ge=1)
+    resume: bool = True
+    seed: int = 0
+
+    @field_validator("cross_tokenizer")
+    @classmethod
+    def _no_cross(cls, v):
+        if v:
+            raise ValueError("cross-tokenizer distillation is not supported yet: teacher and "
+                             "student must share a tokenizer")
+        return v
+
+    @property
+    def uses_teacher_logits(self) -> bool:
+        return self.w_kl > 0
+
+    def cache_top_k(self, vocab: int) -> int:
+        return min(self.top_k or 64, vocab)
+
+
+# ---------------------------------------------------------------- divergences
+
+def _renorm_topk(student_logits, t_vals, t_idx, temperature, renorm_student):
+    """Log-probs (n, k) of teacher and student on the teacher's top-k tokens."""
+    log_p = torch.log_softmax(t_vals.float() / temperature, dim=-1)
+    z = student_logits / temperature
+    zs = z.gather(-1, t_idx)
+    log_q = torch.log_softmax(zs, dim=-1) if renorm_student else zs - torch.logsumexp(z, -1,
+                                                                                       keepdim=True)
+    return log_p, log_q
+
+
+def kd_divergence(student_logits: torch.Tensor, teacher: torch.Tensor | tuple, kind: str,
+                  temperature: float = 1.0, beta: float = 0.5) -> torch.Tensor:
+    """Per-token divergence (n,) between teacher and student next-token distributions.
+
+    Args:
+        student_logits: (n, V) fp32.
+        teacher: (n, V) logits, or (values (n, k), indices (n, k)) top-k logits.
+        kind: ``forward_kl``, ``reverse_kl`` or ``jsd``.
+        temperature: softening T (the T^2 factor is applied by the caller).
+        beta: JSD weight of the teacher in the mixture m.
+    """
+    if isinstance(teacher, tuple):
+        log_p, log_q = _renorm_topk(student_logits, teacher[0], teacher[1], temperature,
+                                    renorm_student=kind != "forward_kl")
+    else:
+        log_p = torch.log_softmax(teacher.float() / temperature, dim=-1)
+        log_q = torch.log_softmax(student_logits / temperature, dim=-1)
+    if kind == "forward_kl":
+        return (log_p.exp() * (log_p - log_q)).sum(-1)
+    if kind == "reverse_kl":
+        return (log_q.exp() * (log_q - log_p)).sum(-1)
+    if kind == "jsd":
+        log_m = torch.logsumexp(torch.stack([log_p + math.log(beta),
+                                             log_q + math.log(1 - beta)]), dim=0)
+        return (beta * (log_p.exp() * (log_p - log_m)).sum(-1)
+                + (1 - beta) * (log_q.exp() * (log_q - log_m)).sum(-1))
+    raise ValueError(f"unknown KD loss '{kind}', use one of {KD_KINDS}")
+
+
+# ---------------------------------------------------------------- student wrapper
+
+def default_layer_pairs(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+    """Student layer s -> teacher layer round((s+1) * Lt / Ls) - 1 (last onto last)."""
+    return [(s, round((s + 1) * n_teacher / n_student) - 1) for s in range(n_student)]
+
+
+class DistillModule(nn.Module):
+    """The student plus the projections used for hidden-state matching (what is trained)."""
+
+    def __init__(self, student: nn.Module, pairs: list[tuple[int, int]],
+                 student_width: int, teacher_width: int):
+        super().__init__()
+        self.student = student
+        self.pairs = list(pairs)
+        self.proj = nn.ModuleList(
+            nn.Identity() if student_width == teacher_width
+            else nn.Linear(student_width, teacher_width, bias=False) for _ in self.pairs)
+
+
+def _n_layers(model: nn.Module) -> int:
+    return int(model.config.num_hidden_layers)
+
+
+def _width(model: nn.Module) -> int:
+    return int(model.config.hidden_size)
+
+
+def check_pairs(pairs, n_student: int, n_teacher: int) -> None:
+    for s, t in pairs:
+        if not (0 <= s < n_student and 0 <= t < n_teacher):
+            raise SlmError(f"layer pair ({s}, {t}) is out of range (student has {n_student} "
+                           f"layers, teacher {n_teacher})", "fix layer_pairs")
+
+
+# ---------------------------------------------------------------- the loss
+
+class Teacher:
+    """The frozen teacher, or None when training from the cache."""
+
+    def __init__(self, model: nn.Module | None):
+        self.model = model
+        if model is not None:
+            model.eval()
+            model.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, all_layers: bool):
+        h, hs = hidden_states(self.model, ids, all_layers=all_layers)
+        return h, hs
+
+    @torch.no_grad()
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        _, head, cap = backbone_and_head(self.model)
+        z = head(h).float()
+        return cap * torch.tanh(z / cap) if cap else z
+
+
+def _hidden_loss(module: DistillModule, s_all, t_all) -> torch.Tensor:
+    """Mean over pairs of ||P h_s - h_t||^2 / mean(h_t^2) (hidden_states[0] = embeddings)."""
+    total = 0.0
+    for (s, t), proj in zip(module.pairs, module.proj):
+        hs, ht = proj(s_all[s + 1]).float(), t_all[t + 1].float()
+        total = total + F.mse_loss(hs, ht) / ht.pow(2).mean().clamp_min(1e-6)
+    return total / max(1, len(module.pairs))
+
+
+def make_loss_fn(cfg: DistillConfig, teacher: Teacher):
+    """``loss_fn(module, batch) -> (loss, metrics)`` for the training loop."""
+    need_hidden = cfg.w_hidden > 0
+    T2 = cfg.temperature ** 2
+
+    def loss_fn(module: DistillModule, batch: dict):
+        ids = batch["input_ids"]                                           # (B, T)
+        h_s, s_all = hidden_states(module.student, ids, all_layers=need_hidden)
+        live = teacher.model is not None and (cfg.w_kl > 0 or need_hidden)
+        h_t, t_all = teacher.forward(ids, need_hidden) if live else (None, None)
+        targets = shift_labels({"input_ids": ids}).reshape(-1)              # (B*T,)
+        n_tok, n_ce = targets.numel(), int((targets != IGNORE_INDEX).sum())
+        h_t = h_t.reshape(n_tok, -1) if h_t is not None else None
+        cached = ("t_values" in batch) and (h_t is None)
+        if cached:
+            t_vals = batch["t_values"].reshape(n_tok, -1)
+            t_idx = batch["t_indices"].reshape(n_tok, -1)
+        parts = {"kd": torch.zeros(()), "ce": torch.zeros(())}
+
+        def chunk(logits: torch.Tensor, rows: slice) -> torch.Tensor:
+            loss = torch.zeros((), device=logits.device)
+            if cfg.w_kl > 0:
+                if cached:
+                    tgt = (t_vals[rows], t_idx[rows])
+                else:
+                    tgt = teacher.logits(h_t[rows])
+                    if cfg.top_k:
+                        v, i = tgt.topk(min(cfg.top_k, tgt.shape[-1]), dim=-1)
+                        tgt = (v, i)
+                kd = kd_divergence(logits, tgt, cfg.kd, cfg.temperature, cfg.jsd_beta).sum()
+                parts["kd"] += kd.detach()
+                loss = loss + cfg.w_kl * T2 * kd / n_tok
+            ce = F.cross_entropy(logits, targets[rows], ignore_index=IGNORE_INDEX,
+                                 reduction="sum")
+            parts["ce"] += ce.detach()
+            if cfg.w_ce > 0:
+                loss = loss + cfg.w_ce * ce / max(1, n_ce)
+            return loss
+
+        _, head, cap = backbone_and_head(module.student)
+        loss = chunked_head_loss(h_s.reshape(n_tok, -1), head, chunk, cfg.chunk_tokens, cap)
+        metrics = {"kd": float(parts["kd"]) / n_tok, "ce": float(parts["ce"]) / max(1, n_ce)}
+        if need_hidden:
+            hid = _hidden_loss(module, s_all, t_all)
+            loss = loss + cfg.w_hidden * hid
+            metrics["hidden"] = float(hid.detach())
+        return loss, metrics
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------- data
+
+class DistillBatches:
+    """Token blocks (N, T) as batches; with a cache, each batch also carries the teacher's
+    top-k logits ``t_values`` (B, T, k) and ``t_indices`` (B, T, k) of its blocks."""
+
+    def __init__(self, blocks: torch.Tensor, batch_size: int, cache=None):
+        self.blocks, self.batch_size, self.cache = blocks, batch_size, cache
+
+    def __len__(self) -> int:
+        return len(self.blocks) // self.batch_size
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        lo, hi = i * self.batch_size, (i + 1) * self.batch_size
+        batch = {"input_ids": self.blocks[lo:hi]}
+        if self.cache is not None:
+            batch["t_values"], batch["t_indices"] = self.cache.blocks(lo, hi)
+        return batch
+
+
+def train_blocks(cfg: DistillConfig, tokenizer, world: int = 1) -> tuple[torch.Tensor, int]:
+    """(blocks (N, T) used for training, optimizer steps) for the token budget.
+
+    When the data holds more blocks than the budget needs, a seeded random subset
+    is used (so a cache covers exactly what is trained on); fewer blocks repeat
+    over epochs.
+    """
+    from ..data import blocks as data_blocks
+    blocks = data_blocks(cfg.data, tokenizer, cfg.seq_len, which="train")
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    steps = max(1, math.ceil(cfg.tokens / (per_step * cfg.seq_len)))
+    if len(blocks) < cfg.batch_size:
+        raise SlmError(f"data '{cfg.data}' gives {len(blocks)} blocks of {cfg.seq_len} tokens, "
+                       f"fewer than one batch of {cfg.batch_size}",
+                       "add data or lower seq_len / batch_size")
+    need = steps * per_step
+    if need < len(blocks):
+        g = torch.Generator().manual_seed(cfg.seed)
+        keep = torch.randperm(len(blocks), generator=g)[:need].sort().values
+        blocks = blocks[keep]
+    return blocks, steps
+
+
+def val_blocks(cfg: DistillConfig, tokenizer) -> torch.Tensor | None:
+    """Held-out blocks (M, T) from the validation split, at most ``val_tokens`` tokens."""
+    if cfg.val_tokens <= 0:
+        return None
+    from ..data import token_stream
+    ids = token_stream(cfg.data, tokenizer, "val", max_tokens=cfg.val_tokens)
+    n = len(ids) // cfg.seq_len
+    return torch.tensor(ids[:n * cfg.seq_len]).view(n, cfg.seq_len) if n else None
+
+
+@torch.no_grad()
+def block_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, bf16: bool = True,
+              chunk_tokens: int = 1024) -> float:
+    """Perplexity over disjoint blocks (M, T): exp(mean next-token NLL), bf16 autocast optional."""
+    from ..tune.losses import causal_lm_loss
+    was = model.training
+    model.eval()
+    nll, n = 0.0, 0
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for b in blocks.split(batch_size):
+            loss, m = causal_lm_loss(model, {"input_ids": b}, chunk_tokens)
+            nll += float(loss) * m["loss_tokens"]
+            n += m["loss_tokens"]
+    model.train(was)
+    return math.exp(nll / max(1, n))
+
+
+# ---------------------------------------------------------------- checks
+
+def check_tokenizers(teacher_tok, student_tok) -> None:
+    """Teacher and student must map text to the same ids."""
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        raise SlmError("teacher and student use different tokenizers",
+                       "distil into a student made from the teacher (e.g. `slm prune`) or one "
+                       "with the same tokenizer; cross-tokenizer distillation is not supported")
+
+
+def check_sizes(teacher: nn.Module, student: nn.Module) -> None:
+    from ..models.io import count_params
+    vt, vs = teacher.config.vocab_size, student.config.vocab_size
+    if vt != vs:
+        raise SlmError(f"teacher vocab_size {vt} != student vocab_size {vs}",
+                       "make the student from the teacher's config")
+    nt, ns = count_params(teacher), count_params(student)
+    if ns > nt:
+        warnings.warn(f"the student ({ns / 1e6:.1f}M params) is larger than the teacher "
+                      f"({nt / 1e6:.1f}M)", stacklevel=3)
+
+
+def weights_hash(model: nn.Module) -> str:
+    """Full SHA-256 of every tensor in the state dict (names and bytes)."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def teacher_files_fingerprint(spec: str) -> str:
+    """Identity of a teacher from its files, without loading it: config.json and, for each
+    weights file, its size and first and last MiB (16 hex digits)."""
+    from ..models.catalog import CATALOG
+    from ..models.io import builtin_gguf
+    path = builtin_gguf(spec) if spec in CATALOG else Path(spec).expanduser()
+    files = [path] if path.is_file() else sorted(
+        [*path.glob("config.json"), *path.glob("*.safetensors")])
+    if not files:
+        raise SlmError(f"teacher '{spec}' not found", "pass a model directory, .gguf or name")
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def vocab_fingerprint(tokenizer) -> str:
+    items = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- students
+
+def init_student(teacher, config: str | dict | Path, seed: int = 0, **overrides):
+    """A randomly initialised student with the teacher's tokenizer.
+
+    Args:
+        teacher: teacher spec or SLM (gives tokenizer and vocabulary).
+        config: a catalog name, a JSON file of an HF config, or a dict.
+        seed: initialisation seed.
+        overrides: config fields to change, e.g. ``num_hidden_layers=8``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from ..models.catalog import CATALOG, hf_config
+    from ..models.io import SLM, load
+    t = teacher if isinstance(teacher, SLM) else load(teacher)
+    if isinstance(config, dict):
+        base = dict(config)
+    elif str(config) in CATALOG:
+        base = dict(CATALOG[str(config)].config)
+    elif Path(config).is_file():
+        base = json.loads(Path(config).read_text())
+    else:
+        raise SlmError(f"student config '{config}' is not a catalog name or a JSON file",
+                       "pass e.g. smollm2-135m or config.json")
+    base.update(overrides)
+    tc = t.model.config
+    base.update(vocab_size=tc.vocab_size, bos_token_id=tc.bos_token_id,
+                eos_token_id=tc.eos_token_id, pad_token_id=getattr(tc, "pad_token_id", None))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(base)).eval()
+    return SLM(model, t.tokenizer, f"init:{config}",
+               {"source": f"init:{config}", "history": []})
+
+
+# ---------------------------------------------------------------- teacher / cache setup
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def _make_cache(cfg, teacher_slm, blocks, t_fp, rank, world, progress) -> dict:
+    """Build the cache (shards split over ranks) and return its manifest."""
+    from ..progress import progress_bar
+    from . import teacher_cache as tc
+    teacher = Teacher(teacher_slm.model)
+    k = cfg.cache_top_k(teacher_slm.model.config.vocab_size)
+
+    def logits_fn(ids):
+        h, _ = teacher.forward(ids, False)
+        return h.reshape(-1, h.shape[-1]), teacher.logits
+
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.bf16 else None
+    with progress_bar("teacher cache", total=len(blocks), enabled=progress and rank == 0) as bar:
+        tc.build_cache(Path(cfg.teacher_cache), blocks, logits_fn, top_k=k, teacher_fp=t_fp,
+                       teacher_name=cfg.teacher, batch_size=cfg.batch_size,
+                       chunk_tokens=cfg.chunk_tokens, rank=rank, world=world,
+                       autocast=autocast, on_block=lambda n: bar.advance(n * world))
+    _barrier(world)
+    if rank == 0:
+        tc.write_manifest(Path(cfg.teacher_cache), blocks, top_k=k, teacher_fp=t_fp,
+                                teacher_name=cfg.teacher,
+                                vocab_size=teacher_slm.model.config.vocab_size,
+                                extra={"vocab_fingerprint": vocab_fingerprint(teacher_slm.tokenizer)})
+    _barrier(world)
+    return tc.read_manifest(Path(cfg.teacher_cache))
+
+
+def _load_teacher(cfg, student_slm):
+    from ..models.io import load
+    t = load(cfg.teacher)
+    check_tokenizers(t.tokenizer, student_slm.tokenizer)
+    check_sizes(t.model, student_slm.model)
+    Teacher(t.model)                       # freeze: eval(), requires_grad False
+    return t
+
+
+def setup_teacher(cfg: DistillConfig, student_slm, blocks, rank: int, world: int,
+                  progress: bool) -> tuple:
+    """(teacher SLM or None, CacheReader or None, info dict) for this run."""
+    from . import teacher_cache as tc
+    info: dict = {}
+    if cfg.teacher_cache and cfg.w_hidden > 0:
+        raise SlmError("hidden-state matching needs the live teacher, the cache holds logits only",
+                       "drop --teacher-cache or set w_hidden to 0")
+    if not cfg.teacher_cache:
+        if cfg.w_kl == 0 and cfg.w_hidden == 0:
+            return None, None, info                     # plain CE: no teacher needed
+        return _load_teacher(cfg, student_slm), None, info
+    root, t_fp = Path(cfg.teacher_cache), teacher_files_fingerprint(cfg.teacher)
+    k = cfg.cache_top_k(student_slm.model.config.vocab_size)
+    teacher = None
+    if tc.read_manifest(root) is None:
+        teacher = _load_teacher(cfg, student_slm)
+        info["teacher_sha256_before"] = weights_hash(teacher.model)
+        _make_cache(cfg, teacher, blocks, t_fp, rank, world, progress)
+        info["teacher_sha256_after"] = weights_hash(teacher.model)
+        info["cache_built"] = True
+    man = tc.check_cache(root, teacher_fp=t_fp, data_fp=tc.data_fingerprint(blocks), top_k=k)
+    if man.get("vocab_fingerprint") not in (None, vocab_fingerprint(student_slm.tokenizer)):
+        raise SlmError(f"teacher cache {root} was made with another tokenizer than the "
+                       "student's", "use a student with the teacher's tokenizer")
+    info["cache"] = {k2: man[k2] for k2 in ("teacher", "teacher_fingerprint", "top_k",
+                                             "n_blocks")}
+    info["cache"]["bytes"] = sum(p.stat().st_size for p in root.glob("shard-*.safetensors"))
+    return teacher, tc.CacheReader(root), info
+
+
+# ---------------------------------------------------------------- run
+
+def _train_config(cfg: DistillConfig, steps: int):
+    from ..tune.loop import TrainConfig
+    return TrainConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=steps,
+                       schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio,
+                       weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                       grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
+                       grad_checkpointing=cfg.grad_checkpointing, eval_every=cfg.eval_every,
+                       ckpt_every=cfg.ckpt_every, seed=cfg.seed)
+
+
+def build_module(cfg: DistillConfig, student: nn.Module, teacher: nn.Module | None
+                 ) -> DistillModule:
+    """Student + hidden-state projections (seeded, so every rank builds the same)."""
+    pairs: list = []
+    t_width = _width(student)
+    if cfg.w_hidden > 0:
+        pairs = cfg.layer_pairs or default_layer_pairs(_n_layers(student), _n_layers(teacher))
+        check_pairs(pairs, _n_layers(student), _n_layers(teacher))
+        t_width = _width(teacher)
+    torch.manual_seed(cfg.seed)
+    return DistillModule(student, pairs, _width(student), t_width)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+
+
+def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,
+                progress: bool = True) -> dict:
+    """Distil ``cfg.teacher`` into ``student`` and save the student to ``out``.
+
+    Args:
+        student: model spec (a pruned teacher, typically) or an SLM (e.g. from
+            :func:`init_student`).
+        out: output directory, written atomically; checkpoints live in
+            ``<out>.partial/checkpoints`` until the run finishes.
+        cfg: the distillation settings.
+        overwrite: replace an existing ``out``.
+        progress: progress bars.
+
+    Returns:
+        The report (also written to ``out/report.json``).
+    """
+    from ..models.io import SLM, dir_bytes, load, replace_dir, save
+    from ..tune.loop import dist_setup, is_main, train
+    t0 = time.time()
+    out = Path(out)
+    _check_out(out, overwrite)
+    if cfg.w_kl + cfg.w_ce + cfg.w_hidden == 0:
+        raise SlmError("all loss weights are 0", "set w_kl, w_ce or w_hidden above 0")
+    rank, world = dist_setup()
+    s_slm = student if isinstance(student, SLM) else load(student)
+    blocks, steps = train_blocks(cfg, s_slm.tokenizer, world)
+    vblocks = val_blocks(cfg, s_slm.tokenizer)
+    t_slm, cache, info = setup_teacher(cfg, s_slm, blocks, rank, world, progress)
+    if cache is not None and cfg.w_hidden == 0:
+        t_slm = None                                    # train from the cache alone
+    teacher = Teacher(t_slm.model if t_slm else None)
+    if t_slm is not None:
+        info.setdefault("teacher_sha256_before", weights_hash(t_slm.model))
+        if vblocks is not None and is_main():
+            info["teacher_val_ppl"] = block_ppl(t_slm.model, vblocks, cfg.batch_size, cfg.bf16)
+    module = build_module(cfg, s_slm.model, t_slm.model if t_slm else None)
+    eval_fn = None if vblocks is None else (
+        lambda: {"val_ppl": block_ppl(module.student, vblocks, cfg.batch_size, cfg.bf16)})
+    partial = out.with_name(out.name + ".partial")
+    rep = train(module, DistillBatches(blocks, cfg.batch_size, cache), make_loss_fn(cfg, teacher),
+                _train_config(cfg, steps), partial, eval_fn=eval_fn, resume=cfg.resume,
+                progress=progress)
+    if t_slm is not None:
+        info["teacher_sha256_after"] = weights_hash(t_slm.model)
+    report = _report(cfg, s_slm, t_slm, rep, info, steps, world)
+    if is_main():
+        report["time_s"] = round(time.time() - t0, 2)
+        tmp = save(s_slm, partial / "model", overwrite=True,
+                   step={"step": "distill", "config": cfg.model_dump(mode="json"),
+                         "report": _short(report)})
+        report["bytes"] = dir_bytes(tmp)
+        (tmp / "report.json").write_text(json.dumps(report, indent=1))
+        replace_dir(tmp, out)
+        shutil.rmtree(partial, ignore_errors=True)
+    _barrier(world)
+    return report
+
+
+def _short(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("loss_curve",)}
+
+
+def _report(cfg, s_slm, t_slm, rep, info, steps, world) -> dict:
+    from ..models.io import count_params
+    evals = rep.eval_curve
+    r = {"step": "distill", "teacher": cfg.teacher, "params": count_params(s_slm.model),
+         "teacher_params": count_params(t_slm.model) if t_slm else None,
+         "steps": rep.steps, "tokens": rep.tokens, "tokens_per_s": round(rep.tokens_per_s, 1),
+         "train_time_s": round(rep.time_s, 2), "world_size": world,
+         "val_ppl_before": evals[0]["val_ppl"] if evals and evals[0]["step"] == 0 else None,
+         "val_ppl": evals[-1]["val_ppl"] if evals else None,
+         "final_loss": rep.final_loss, "resumed_from": rep.resumed_from,
+         "loss": {"kd": cfg.kd if cfg.w_kl else None, "temperature": cfg.temperature,
+                  "w_kl": cfg.w_kl, "w_ce": cfg.w_ce, "w_hidden": cfg.w_hidden},
+         "eval_curve": evals, "loss_curve": rep.loss_curve, **info}
+    before, after = info.get("teacher_sha256_before"), info.get("teacher_sha256_after")
+    r["teacher_unchanged"] = (before == after) if before and after else None
+    return r

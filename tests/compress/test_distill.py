@@ -1,0 +1,194 @@
+"""Distillation: KD losses, frozen teacher, cache round trip, bad input."""
+import copy
+import hashlib
+import json
+
+import pytest
+import torch
+
+from slmkit.compress.distill import (DistillConfig, DistillModule, Teacher, default_layer_pairs,
+                                     init_student, kd_divergence, make_loss_fn, run_distill)
+from slmkit.errors import SlmError
+from slmkit.models.io import load, save
+from slmkit.models.tiny import tiny_slm
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")     # tiny models: threads only add overhead
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    save(tiny_slm("llama", seed=0), root / "teacher")
+    save(tiny_slm("llama", seed=1, num_hidden_layers=1), root / "student")
+    text = "\n\n".join(f"Section {i}. The function returns a list of {i % 7} values and raises "
+                       f"ValueError when the argument {i % 5} is empty." for i in range(120))
+    (root / "data.txt").write_text(text)
+    return root
+
+
+def _cfg(files, **kw):
+    base = dict(teacher=str(files / "teacher"), data=str(files / "data.txt"), tokens=2048,
+                seq_len=32, batch_size=4, lr=3e-3, warmup_steps=2, ckpt_every=0, val_tokens=512,
+                bf16=False)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def _files_hash(path):
+    h = hashlib.sha256()
+    for p in sorted(path.glob("*.safetensors")):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- losses
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+def test_kd_zero_iff_equal(kind):
+    z = torch.randn(6, 50) * 3
+    assert kd_divergence(z, z.clone(), kind, 2.0).abs().max() < 1e-5
+    vals, idx = z.topk(50, dim=-1)                 # top-k = vocab: same as full
+    assert kd_divergence(z, (vals, idx), kind, 2.0).abs().max() < 1e-5
+    other = torch.randn(6, 50) * 3
+    assert (kd_divergence(other, z, kind) > 1e-3).all()
+    assert torch.allclose(kd_divergence(other, z, kind),
+                          kd_divergence(other, z.topk(50, -1), kind), atol=1e-5)
+
+
+def test_kd_matches_definitions():
+    p_logits, q_logits = torch.randn(4, 9), torch.randn(4, 9)
+    p, q = p_logits.softmax(-1), q_logits.softmax(-1)
+    fkl = (p * (p / q).log()).sum(-1)
+    rkl = (q * (q / p).log()).sum(-1)
+    m = 0.3 * p + 0.7 * q
+    jsd = 0.3 * (p * (p / m).log()).sum(-1) + 0.7 * (q * (q / m).log()).sum(-1)
+    torch.testing.assert_close(kd_divergence(q_logits, p_logits, "forward_kl"), fkl)
+    torch.testing.assert_close(kd_divergence(q_logits, p_logits, "reverse_kl"), rkl)
+    torch.testing.assert_close(kd_divergence(q_logits, p_logits, "jsd", beta=0.3), jsd)
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+def test_distill_loss_zero_for_identical_student(files, kind):
+    teacher = tiny_slm("llama", seed=0).model
+    student = copy.deepcopy(teacher)
+    cfg = _cfg(files, kd=kind, temperature=2.0, w_hidden=1.0, top_k=None)
+    module = DistillModule(student, default_layer_pairs(2, 2), 64, 64)
+    loss, metrics = make_loss_fn(cfg, Teacher(teacher))(
+        module, {"input_ids": torch.randint(3, 500, (2, 16))})
+    assert metrics["kd"] < 1e-6 and metrics["hidden"] < 1e-10
+    assert loss.item() < 1e-5
+    assert metrics["ce"] > 1.0                      # the data term is not trivially zero
+
+
+def test_gradients_only_in_student(files):
+    teacher = tiny_slm("llama", seed=0).model
+    student = tiny_slm("llama", seed=1, num_hidden_layers=1, hidden_size=32, head_dim=8,
+                       intermediate_size=64).model
+    cfg = _cfg(files, w_ce=0.5, w_hidden=1.0)
+    module = DistillModule(student, default_layer_pairs(1, 2), 32, 64)
+    t = Teacher(teacher)
+    loss, _ = make_loss_fn(cfg, t)(module, {"input_ids": torch.randint(3, 500, (2, 16))})
+    loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert not teacher.training
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert module.proj[0].weight.grad.abs().sum() > 0      # 32 -> 64 projection learns
+    assert module.pairs == [(0, 1)]
+
+
+# ---------------------------------------------------------------- runs
+
+def test_run_distill_end_to_end(files, tmp_path):
+    before = _files_hash(files / "teacher")
+    rep = run_distill(str(files / "student"), tmp_path / "out",
+                      _cfg(files, w_ce=0.5, w_hidden=0.5, eval_every=8), progress=False)
+    assert _files_hash(files / "teacher") == before
+    assert rep["teacher_unchanged"] is True
+    assert rep["teacher_sha256_before"] == rep["teacher_sha256_after"]
+    assert rep["val_ppl"] < rep["val_ppl_before"]
+    assert rep["tokens"] == rep["steps"] * 4 * 32 >= 2048
+    assert rep["params"] < rep["teacher_params"]
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert on_disk["val_ppl"] == rep["val_ppl"]
+    assert load(tmp_path / "out").meta["history"][-1]["step"] == "distill"
+    assert not (tmp_path / "out.partial").exists()
+    with pytest.raises(SlmError, match="already exists"):
+        run_distill(str(files / "student"), tmp_path / "out", _cfg(files), progress=False)
+
+
+def test_cache_round_trip_equals_live_teacher(files, tmp_path):
+    """With top-k = vocabulary the cached run follows the live run's loss curve."""
+    live = run_distill(str(files / "student"), tmp_path / "live",
+                       _cfg(files, top_k=512, w_ce=0.3), progress=False)
+    cfg = _cfg(files, top_k=512, w_ce=0.3, teacher_cache=str(tmp_path / "cache"))
+    built = run_distill(str(files / "student"), tmp_path / "c1", cfg, progress=False)
+    again = run_distill(str(files / "student"), tmp_path / "c2", cfg, progress=False)
+    assert built["cache_built"] and "cache_built" not in again
+    assert again["teacher_params"] is None          # the teacher was not loaded
+    man = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert man["top_k"] == 512 and man["n_blocks"] == 64
+    for rep in (built, again):
+        got = [r["loss"] for r in rep["loss_curve"]]
+        assert got == pytest.approx([r["loss"] for r in live["loss_curve"]], rel=2e-3)
+    assert [r["loss"] for r in built["loss_curve"]] == [r["loss"] for r in again["loss_curve"]]
+
+
+def test_cache_from_another_teacher_is_refused(files, tmp_path):
+    cfg = _cfg(files, teacher_cache=str(tmp_path / "cache"), top_k=8, tokens=512)
+    run_distill(str(files / "student"), tmp_path / "a", cfg, progress=False)
+    save(tiny_slm("llama", seed=5), tmp_path / "other")
+    bad = cfg.model_copy(update={"teacher": str(tmp_path / "other")})
+    with pytest.raises(SlmError, match="another teacher"):
+        run_distill(str(files / "student"), tmp_path / "b", bad, progress=False)
+    with pytest.raises(SlmError, match="top-8"):
+        run_distill(str(files / "student"), tmp_path / "c",
+                    cfg.model_copy(update={"top_k": 16}), progress=False)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_different_tokenizer_is_refused(files, tmp_path):
+    s = tiny_slm("llama", seed=1)
+    s.tokenizer.add_tokens(["<extra_token>"])
+    with pytest.raises(SlmError, match="different tokenizers"):
+        run_distill(s, tmp_path / "out", _cfg(files), progress=False)
+    with pytest.raises(ValueError, match="cross-tokenizer"):
+        _cfg(files, cross_tokenizer=True)
+
+
+def test_larger_student_warns(files, tmp_path):
+    big = tiny_slm("llama", seed=1, num_hidden_layers=3)
+    with pytest.warns(UserWarning, match="larger than the teacher"):
+        run_distill(big, tmp_path / "out", _cfg(files, tokens=128), progress=False)
+
+
+def test_empty_data_and_bad_fields(files, tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(SlmError, match="empty"):
+        run_distill(str(files / "student"), tmp_path / "out",
+                    _cfg(files, data=str(tmp_path / "empty.txt")), progress=False)
+    with pytest.raises(ValueError, match="temperature"):
+        _cfg(files, temperature=0)
+    with pytest.raises(ValueError, match="w_kld"):
+        _cfg(files, w_kld=1.0)
+    with pytest.raises(SlmError, match="loss weights"):
+        run_distill(str(files / "student"), tmp_path / "out", _cfg(files, w_kl=0),
+                    progress=False)
+
+
+def test_init_student_from_config(files):
+    s = init_student(str(files / "teacher"), {"model_type": "llama", "hidden_size": 32,
+                     "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,
+                     "head_dim": 16}, num_hidden_layers=1)
+    assert s.model.config.vocab_size == 512 and s.model.config.num_hidden_layers == 1
+    assert s.tokenizer.get_vocab() == load(files / "teacher").tokenizer.get_vocab()
+
+
+def test_default_layer_pairs():
+    assert default_layer_pairs(2, 4) == [(0, 1), (1, 3)]
+    assert default_layer_pairs(15, 30)[:2] == [(0, 1), (1, 3)]
+    assert default_layer_pairs(3, 3) == [(0, 0), (1, 1), (2, 2)]
