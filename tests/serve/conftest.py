@@ -42,6 +42,19 @@ def keyed_server(tiny_dir):
 
 
 @pytest.fixture
+def make_server(tiny_dir):
+    """Start servers with settings of the test's choosing; all stopped at teardown."""
+    servers = []
+
+    def make(**kw):
+        servers.append(start(tiny_dir, **kw))
+        return servers[-1]
+    yield make
+    for srv in servers:
+        srv.stop(timeout=10)
+
+
+@pytest.fixture
 def client(server):
     from openai import OpenAI
     return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
