@@ -20,7 +20,7 @@ from . import depth, magnitude, sparsegpt, wanda, width
 from .calib import calib_blocks, check_calib
 from .layerwise import layer_sparsity, prune_each, prune_layerwise
 from .mask import parse_pattern
-from .report import SPARSE_NOTE, perplexity, sparse_format_bytes, state_bytes
+from .report import SPARSE_NOTE, heldout_perplexity, sparse_format_bytes, state_bytes
 
 UNSTRUCTURED = ("magnitude", "wanda", "sparsegpt")
 STRUCTURED = ("depth", "width")
@@ -43,7 +43,8 @@ class PruneConfig(BaseModel):
         damp: SparseGPT Hessian dampening, as a fraction of its mean diagonal.
         iterative: depth: re-measure layer influence after each removal.
         eval_data: held-out text for perplexity (its val split); default: ``calib``.
-        eval_tokens: tokens of held-out text scored before and after; 0 skips perplexity.
+        eval_tokens: tokens of held-out text scored before and after (as `slm eval` does:
+            window 512, stride 256); 0 skips perplexity.
         overwrite: replace an existing output directory.
     """
 
@@ -61,7 +62,7 @@ class PruneConfig(BaseModel):
     damp: float = 0.01
     iterative: bool = False
     eval_data: str | None = None
-    eval_tokens: int = 16384
+    eval_tokens: int = 8192
     overwrite: bool = False
 
     @field_validator("sparsity")
@@ -129,7 +130,7 @@ def parse_target(target, params: int) -> int:
     value = float(value)
     if value <= 0:
         raise SlmError(f"target {target} must be positive", "write e.g. 0.7 or 90M")
-    n = int(value * params) if value < 1 else int(value)
+    n = int(value * params) if value <= 1 else int(value)     # 1.0 means the whole model
     if n >= params:
         raise SlmError(f"target {target} ({n:,} parameters) is not smaller than the model "
                        f"({params:,})", "give a fraction below 1 or a smaller count")
@@ -162,11 +163,11 @@ def _bytes_before(slm: SLM) -> int:
     return state_bytes(slm.model)
 
 
-def _eval_ids(slm: SLM, cfg: PruneConfig) -> list[int]:
-    from ...data import token_stream
+def _ppl(slm: SLM, model, cfg: PruneConfig) -> float | None:
     if cfg.eval_tokens <= 0:
-        return []
-    return token_stream(cfg.eval_data or cfg.calib, slm.tokenizer, "val", cfg.eval_tokens)
+        return None
+    return heldout_perplexity(SLM(model, slm.tokenizer, slm.spec), cfg.eval_data or cfg.calib,
+                              cfg.eval_tokens)
 
 
 def prune_model(model: torch.nn.Module, ids: torch.Tensor | None, cfg: PruneConfig,
@@ -222,17 +223,16 @@ def run_prune(model, out: str | os.PathLike, cfg: PruneConfig,
     if cfg.method != "magnitude":
         ids = calib_blocks(cfg.calib, slm.tokenizer, cfg.seqlen, cfg.nsamples)
         check_calib(ids, cfg.seqlen)
-    eval_ids = _eval_ids(slm, cfg)
-    ppl_before = perplexity(torch_model, eval_ids, cfg.seqlen) if eval_ids else None
+    ppl_before = _ppl(slm, torch_model, cfg)
     t0 = time.perf_counter()
     pruned, structure = prune_model(torch_model, ids, cfg, progress)
     prune_time = time.perf_counter() - t0
-    ppl_after = perplexity(pruned, eval_ids, cfg.seqlen) if eval_ids else None
+    ppl_after = _ppl(slm, pruned, cfg)
     report = {
         "method": cfg.method, "config": cfg.model_dump(), "source": str(slm.spec),
         "params_before": params_before, "params_after": count_params(pruned),
         "bytes_before": _bytes_before(slm), "bytes_after": None,
-        "ppl_before": ppl_before, "ppl_after": ppl_after, "eval_tokens": len(eval_ids),
+        "ppl_before": ppl_before, "ppl_after": ppl_after, "eval_tokens": cfg.eval_tokens,
         "calib_tokens": 0 if ids is None else int(ids.numel()),
         "prune_time_s": prune_time, "structure": structure,
     }

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 from ...models.arch import decoder_layers, linear_layers
@@ -13,29 +12,15 @@ SPARSE_NOTE = ("unstructured and N:M sparsity keep every weight's slot: the mode
                "compression; sparse_format_bytes estimates a sparse encoding (nonzeros + index)")
 
 
-@torch.no_grad()
-def perplexity(model: nn.Module, ids: list[int] | torch.Tensor, seqlen: int = 512,
-               batch_size: int = 4) -> float:
-    """exp(mean next-token NLL) over non-overlapping windows of ``seqlen`` tokens.
-
-    Args:
-        model: an HF CausalLM.
-        ids: token ids of held-out text (at least 2).
-        seqlen: window length; a shorter last window is scored too.
-    """
-    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
-    nll, count = 0.0, 0
-    n_full = len(ids) // seqlen
-    windows = list(ids[: n_full * seqlen].view(n_full, seqlen).split(batch_size)) if n_full else []
-    if len(ids) - n_full * seqlen > 1:
-        windows.append(ids[n_full * seqlen:][None])
-    for x in windows:
-        logits = model(x, use_cache=False).logits.float()                 # (B, T, vocab)
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
-        nll += float(loss)
-        count += x[:, 1:].numel()
-    return math.exp(nll / max(count, 1))
+def heldout_perplexity(slm, data: str, max_tokens: int, max_length: int = 512,
+                       stride: int = 256) -> float:
+    """Perplexity of an in-memory SLM on the val split of ``data``, exactly as ``slm eval``
+    scores it (same tokens, sliding window of ``max_length`` moving by ``stride``)."""
+    from ...engines import open_engine
+    from ...evaluate import engine_tokens, perplexity
+    engine = open_engine(slm, "pytorch")
+    ids = engine_tokens(engine, data, "val", max_tokens)
+    return perplexity(engine, ids, max_length=max_length, stride=stride, progress=False)["ppl"]
 
 
 def state_bytes(model: nn.Module) -> int:

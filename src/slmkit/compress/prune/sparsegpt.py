@@ -9,7 +9,8 @@ Using the upper Cholesky factor U of H^-1 (H^-1 = U^T U) in place of H^-1
 gives the same sequential updates without re-inverting after each column.
 Updates are applied lazily: inside a block of columns immediately, to the
 columns right of the block once per block. The mask is chosen block by block
-from the updated weights (adaptive mask selection), per row or per N:M group.
+from the updated weights (adaptive mask selection): the lowest saliencies of
+the whole block (unstructured) or of each N:M group of each row.
 """
 from __future__ import annotations
 
@@ -42,17 +43,21 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Te
     return u.float(), dead
 
 
-def _block_row_mask(w: torch.Tensor, d: torch.Tensor, k: int) -> torch.Tensor:
-    """Mask of the ``k`` lowest OBS saliencies w^2 / d^2 in each row of a block."""
-    mask = torch.zeros_like(w, dtype=torch.bool)
+def _block_mask(w: torch.Tensor, d: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of the ``k`` lowest OBS saliencies w^2 / d^2 anywhere in a block (rows x cols).
+
+    As in the paper, the threshold is shared by the block's rows, so rows may
+    differ in sparsity while the layer as a whole hits it exactly.
+    """
+    mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
     if k > 0:
-        sal = w.pow(2) / d.pow(2)[None, :]
-        mask.scatter_(1, torch.topk(sal, k, dim=1, largest=False).indices, True)
-    return mask
+        sal = (w.pow(2) / d.pow(2)[None, :]).flatten()
+        mask[torch.topk(sal, k, largest=False).indices] = True
+    return mask.view_as(w)
 
 
 @torch.no_grad()
-def sparsify(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float,
+def sparsify(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float = 0.0,
              pattern: tuple[int, int] | None = None, blocksize: int = 128,
              damp: float = 0.01) -> torch.Tensor:
     """The pruned, error-compensated weight (out, in), in float32.
@@ -60,7 +65,7 @@ def sparsify(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float,
     Args:
         weight: (out, in) dense weight.
         hessian: (in, in) 2/n X X^T of the Linear's calibration inputs.
-        sparsity: fraction of each row to remove (unstructured).
+        sparsity: fraction of the weights to remove (unstructured).
         pattern: (N, M): keep N of every M consecutive inputs instead.
         blocksize: columns per lazy-update block (a multiple of M).
         damp: dampening, as a fraction of the mean diagonal of H.
@@ -75,8 +80,8 @@ def sparsify(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float,
             raise SlmError(f"N:M pattern {n}:{m} does not divide a layer with {cols} inputs",
                            f"use an M that divides {cols}")
         blocksize = max(m, blocksize // m * m)
-    total_k = int(round(sparsity * cols))
-    done_k = 0                                   # weights removed per row so far
+    total_k = int(round(sparsity * rows * cols))
+    done_k = 0                                   # weights removed so far
     for c0 in range(0, cols, blocksize):
         c1 = min(c0 + blocksize, cols)
         w1, u1 = w[:, c0:c1].clone(), u[c0:c1, c0:c1]
@@ -84,9 +89,9 @@ def sparsify(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float,
         if pattern:
             mask = torch.zeros_like(w1, dtype=torch.bool)   # filled group by group below
         else:
-            # carry rounding so each row loses exactly round(sparsity * in) weights
-            k = int(round(sparsity * c1)) - done_k if c1 < cols else total_k - done_k
-            mask, done_k = _block_row_mask(w1, torch.diag(u1), k), done_k + k
+            # carry rounding so the layer loses exactly round(sparsity * out * in) weights
+            k = int(round(sparsity * rows * c1)) - done_k if c1 < cols else total_k - done_k
+            mask, done_k = _block_mask(w1, torch.diag(u1), k), done_k + k
         for j in range(c1 - c0):
             if pattern and j % pattern[1] == 0:             # choose this N:M group now
                 g = slice(j, j + pattern[1])

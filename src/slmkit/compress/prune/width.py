@@ -130,8 +130,8 @@ def _unit_params(model: nn.Module) -> tuple[int, int, int]:
         for m in (get_module(layer, f"{a.mlp}.{n}") for n in a.up))
     o = get_module(layer, f"{a.attn}.{a.o}")
     q = get_module(layer, f"{a.attn}.{a.q[0]}")
-    per_q = s.head_dim * (q.in_features + (q.bias is not None)) + s.head_dim * o.out_features
-    head = per_q * (3 if s.group == 1 else 1)        # with MHA a head takes its K and V along
+    rows = s.head_dim * (q.in_features + (q.bias is not None))   # one head's rows of Q (K, V)
+    head = rows * (3 if s.group == 1 else 1) + s.head_dim * o.out_features  # MHA: K, V go too
     return mlp, head, len(decoder_layers(model))
 
 
