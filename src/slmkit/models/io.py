@@ -208,6 +208,9 @@ def _plain(model):
     with torch.device("meta"):
         fresh = AutoModelForCausalLM.from_config(cfg, dtype=model.dtype)
     fresh.load_state_dict(model.state_dict(), assign=True)
+    for name, buf in model.named_buffers():            # non-persistent ones (rotary inv_freq)
+        mod, _, leaf = name.rpartition(".")
+        fresh.get_submodule(mod)._buffers[leaf] = buf
     fresh.tie_weights()
     return fresh
 
