@@ -1,6 +1,7 @@
 """What every inference engine offers, and the text streaming they share."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
@@ -33,6 +34,35 @@ class Engine(Protocol):
     def token_ids(self, prompt_ids: list[int], max_tokens: int, temperature: float,
                   top_p: float, seed: int | None, stats: GenStats,
                   ignore_eos: bool = False) -> Iterator[int]: ...
+
+
+def track(tokens: Iterator[int], stats: GenStats, eos_ids: set[int], max_tokens: int,
+          ignore_eos: bool = False) -> Iterator[int]:
+    """Pass an engine's raw token stream through, timing it and stopping at EOS/max_tokens.
+
+    The clock starts at the first request for a token, so ``ttft_s`` includes
+    the prompt's prefill; ``decode_s`` covers the tokens after the first.
+    """
+    t0 = time.perf_counter()
+    t_first = t0
+    try:
+        for i, tok in enumerate(tokens):
+            now = time.perf_counter()
+            if i == 0:
+                stats.ttft_s, t_first = now - t0, now
+            stats.completion_tokens += 1
+            stats.token_ids.append(tok)
+            stats.decode_s = now - t_first
+            if tok in eos_ids and not ignore_eos:
+                stats.finish_reason = "stop"
+                return
+            yield tok
+            if i + 1 >= max_tokens:
+                return
+    finally:
+        close = getattr(tokens, "close", None)
+        if close:
+            close()
 
 
 def stream_text(engine: Engine, prompt: str | list[int], *, max_tokens: int = 256,

@@ -1,13 +1,12 @@
 """PyTorch engine: any model ``slmkit.load`` accepts, run by transformers."""
 from __future__ import annotations
 
-import time
 from typing import Iterator
 
 import torch
 
 from ..models.io import SLM
-from .base import GenStats, sample
+from .base import GenStats, sample, track
 
 
 class HFEngine:
@@ -42,26 +41,22 @@ class HFEngine:
         x = torch.tensor([ids])
         return self.model(x).logits[0].float()        # (T, vocab)
 
-    @torch.inference_mode()
     def token_ids(self, prompt_ids: list[int], max_tokens: int, temperature: float,
                   top_p: float, seed: int | None, stats: GenStats,
                   ignore_eos: bool = False) -> Iterator[int]:
-        from transformers import DynamicCache
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        return track(self._raw(prompt_ids, temperature, top_p, gen), stats, self.eos_ids,
+                     max_tokens, ignore_eos)
+
+    @torch.inference_mode()
+    def _raw(self, prompt_ids: list[int], temperature: float, top_p: float,
+             gen: torch.Generator | None) -> Iterator[int]:
+        """Endless sampled tokens, one forward pass each with a KV cache."""
+        from transformers import DynamicCache
         cache = DynamicCache()
         x = torch.tensor([prompt_ids])
-        t0 = time.perf_counter()
-        for i in range(max_tokens):
+        while True:
             out = self.model(x, past_key_values=cache, use_cache=True)
             tok = sample(out.logits[0, -1], temperature, top_p, gen)
-            if i == 0:
-                stats.ttft_s = time.perf_counter() - t0
-                t0 = time.perf_counter()
-            stats.completion_tokens += 1
-            stats.token_ids.append(tok)
-            stats.decode_s = time.perf_counter() - t0
-            if tok in self.eos_ids and not ignore_eos:
-                stats.finish_reason = "stop"
-                return
             yield tok
             x = torch.tensor([[tok]])

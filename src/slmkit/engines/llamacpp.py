@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from .base import GenStats
+from .base import GenStats, track
 
 
 class LlamaCppEngine:
@@ -64,25 +63,9 @@ class LlamaCppEngine:
                   ignore_eos: bool = False) -> Iterator[int]:
         if seed is not None:
             self.llm.set_seed(seed)
-        t0 = time.perf_counter()
-        gen = self.llm.generate(prompt_ids, temp=temperature, top_p=top_p, top_k=0,
+        raw = self.llm.generate(prompt_ids, temp=temperature, top_p=top_p, top_k=0,
                                 min_p=0.0, repeat_penalty=1.0, reset=True)
-        try:
-            for i, tok in enumerate(gen):
-                if i == 0:
-                    stats.ttft_s = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                stats.completion_tokens += 1
-                stats.token_ids.append(tok)
-                stats.decode_s = time.perf_counter() - t0
-                if tok in self.eos_ids and not ignore_eos:
-                    stats.finish_reason = "stop"
-                    return
-                yield tok
-                if i + 1 >= max_tokens:
-                    return
-        finally:
-            gen.close()
+        return track(raw, stats, self.eos_ids, max_tokens, ignore_eos)
 
 
 def _raise(msg):
