@@ -186,6 +186,18 @@ def test_bad_input_errors_and_writes_nothing(cfg, needle, tmp_path, tmp_path_fac
     assert list(tmp_path.iterdir()) == []
 
 
+def test_bf16_calibration_close_to_fp32(calib):
+    """Autocast calibration keeps the sparsity exact and picks nearly the same weights."""
+    masks = []
+    for autocast in (False, True):
+        model = tiny_slm("llama").model
+        prune_model(model, calib, PruneConfig(method="wanda", sparsity=0.5,
+                                              calib_autocast=autocast))
+        masks.append(torch.cat([(m.weight == 0).flatten() for m in _linears(model)]))
+    assert masks[0].sum() == masks[1].sum()
+    assert (masks[0] == masks[1]).float().mean() > 0.95
+
+
 def test_run_prune_report_and_files(tmp_path):
     slm = tiny_slm("llama")
     report = run_prune(slm, tmp_path / "p", PruneConfig(method="sparsegpt", sparsity=0.5,

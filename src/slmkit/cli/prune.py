@@ -21,6 +21,7 @@ def prune_cmd(
     seqlen: int = typer.Option(512, help="Tokens per calibration sequence."),
     batch_size: int = typer.Option(8, help="Calibration sequences per forward pass."),
     iterative: bool = typer.Option(False, "--iterative", help="depth: re-measure layer influence after each removal."),
+    bf16_calib: bool = typer.Option(False, "--bf16-calib", help="wanda/sparsegpt: calibration forward passes in bf16 autocast (faster on CPU)."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out text for perplexity (val split); default: --calib."),
     eval_tokens: int = typer.Option(8192, help="Held-out tokens scored before and after (0 skips)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
@@ -39,7 +40,8 @@ def prune_cmd(
     from ..progress import progress_bar
     cfg = config_from_options(PruneConfig, method=method, sparsity=sparsity, pattern=pattern,
                               target=target, calib=calib, nsamples=nsamples, seqlen=seqlen,
-                              batch_size=batch_size, iterative=iterative, eval_data=eval_data,
+                              batch_size=batch_size, iterative=iterative, calib_autocast=bf16_calib,
+                              eval_data=eval_data,
                               eval_tokens=eval_tokens, overwrite=force)
     _quiet_transformers()
     with progress_bar(f"{method} layers", total=None, enabled=not json_out) as bar:

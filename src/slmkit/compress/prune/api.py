@@ -42,6 +42,8 @@ class PruneConfig(BaseModel):
         blocksize: SparseGPT columns per lazy-update block.
         damp: SparseGPT Hessian dampening, as a fraction of its mean diagonal.
         iterative: depth: re-measure layer influence after each removal.
+        calib_autocast: Wanda/SparseGPT: run calibration forward passes in bf16 autocast
+            (about 2x faster on CPU; statistics stay float32).
         eval_data: held-out text for perplexity (its val split); default: ``calib``.
         eval_tokens: tokens of held-out text scored before and after (as `slm eval` does:
             window 512, stride 256); 0 skips perplexity.
@@ -61,6 +63,7 @@ class PruneConfig(BaseModel):
     blocksize: int = 128
     damp: float = 0.01
     iterative: bool = False
+    calib_autocast: bool = False
     eval_data: str | None = None
     eval_tokens: int = 8192
     overwrite: bool = False
@@ -188,10 +191,11 @@ def prune_model(model: torch.nn.Module, ids: torch.Tensor | None, cfg: PruneConf
         prune_each(model, partial(magnitude.prune_linear, **opts), tick)
     elif cfg.method == "wanda":
         prune_layerwise(model, ids, partial(wanda.prune_linear, **opts),
-                        batch_size=cfg.batch_size, progress=tick)
+                        batch_size=cfg.batch_size, autocast=cfg.calib_autocast, progress=tick)
     else:
         fn = partial(sparsegpt.prune_linear, blocksize=cfg.blocksize, damp=cfg.damp, **opts)
-        prune_layerwise(model, ids, fn, hessian=True, batch_size=cfg.batch_size, progress=tick)
+        prune_layerwise(model, ids, fn, hessian=True, batch_size=cfg.batch_size,
+                        autocast=cfg.calib_autocast, progress=tick)
     return model, {}
 
 

@@ -76,7 +76,7 @@ PruneFn = Callable[[nn.Linear, InputStats | None], None]
 
 @torch.no_grad()
 def prune_layerwise(model: nn.Module, ids: torch.Tensor, prune_fn: PruneFn, *,
-                    hessian: bool = False, batch_size: int = 8,
+                    hessian: bool = False, batch_size: int = 8, autocast: bool = False,
                     progress: Callable[[int, int], None] | None = None) -> None:
     """Prune every Linear of every decoder layer in order, feeding pruned outputs forward.
 
@@ -86,16 +86,22 @@ def prune_layerwise(model: nn.Module, ids: torch.Tensor, prune_fn: PruneFn, *,
         prune_fn: ``prune_fn(linear, stats)`` prunes one Linear in place.
         hessian: gather X^T X (SparseGPT) besides the squared norms (Wanda).
         batch_size: calibration blocks per layer call.
+        autocast: run the calibration forward passes under bf16 autocast (CPU; statistics
+            are still accumulated in float32).
         progress: called with (layers done, layers total).
     """
     layers = decoder_layers(model)
-    inputs = capture_inputs(model, ids, batch_size)
+    device = ids.device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+        inputs = capture_inputs(model, ids, batch_size)
     for i, layer in enumerate(layers):
-        stats = gather_stats(layer, inputs, inputs.kwargs[i], hessian)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            stats = gather_stats(layer, inputs, inputs.kwargs[i], hessian)
         for name, linear in linear_layers(layer).items():
             prune_fn(linear, stats[name])
         del stats
-        inputs.hidden = [run_layer(layer, h, inputs.kwargs[i]) for h in inputs.hidden]
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            inputs.hidden = [run_layer(layer, h, inputs.kwargs[i]) for h in inputs.hidden]
         if progress:
             progress(i + 1, len(layers))
 
