@@ -63,6 +63,8 @@ class FinetuneConfig(BaseModel):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)
     val_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of the records")
+    val_data: str | None = Field(None, description="validate on the val split of this data "
+                                 "instead (then all of `data` trains)")
     max_val_blocks: int = Field(32, ge=1, description="validation blocks evaluated")
     eval_every: int = Field(0, ge=0, description="steps between val evals; 0 = about 8 per run")
     patience: int = Field(3, ge=0, description="evals without improvement before stopping; 0=off")
@@ -145,8 +147,11 @@ class PackedBatches:
 
 def prepare_data(cfg: FinetuneConfig, tokenizer) -> tuple[Packed, Packed | None, dict]:
     """Train and validation blocks of ``cfg.data``, and a summary of them."""
-    from ..data import read_records, split
-    train_recs, val_recs = split(read_records(cfg.data), cfg.val_fraction)
+    from ..data import load_split, read_records, split
+    if cfg.val_data:
+        train_recs, val_recs = read_records(cfg.data), load_split(cfg.val_data, "val")
+    else:
+        train_recs, val_recs = split(read_records(cfg.data), cfg.val_fraction)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train = pack_examples(encode_records(train_recs, tokenizer), cfg.seq_len, pad)
     val = None
