@@ -138,7 +138,13 @@ class Build:
         self._done(self.base())
         for i, step in enumerate(self.recipe.steps):
             self._announce(i + 1, n, step.name, step.step)
-            self._done(self.step(i))
+            try:
+                self._done(self.step(i))
+            except BaseException:
+                self.console.print(f"[yellow]stopped in step '{step.name}'[/]: finished steps "
+                                   "are kept; run the same command again to resume",
+                                   highlight=False)
+                raise
         self.console.rule("[bold]report")
         return write_report(self, time.time() - t0)
 
@@ -278,7 +284,30 @@ class Build:
         extra = f" in {res.seconds:.1f} s" if res.status == "ran" else ""
         where = res.artifact or res.dir
         self.console.print(f"  {verb}{extra}: {where}", highlight=False)
+        if res.status == "ran" and brief(res.report):
+            self.console.print(f"  {brief(res.report)}", highlight=False)
         sys.stdout.flush()
+
+
+# Figures a step's report may hold, shown as one line when the step finishes.
+BRIEF = (("params_before", "params before", "{:,}"), ("params_after", "params after", "{:,}"),
+         ("ppl_before", "ppl before", "{:.2f}"), ("ppl_after", "ppl after", "{:.2f}"),
+         ("val_ppl_before", "val ppl before", "{:.2f}"), ("val_ppl_after", "val ppl after",
+                                                          "{:.2f}"),
+         ("val_ppl", "val ppl", "{:.2f}"), ("tokens", "tokens", "{:,}"),
+         ("tokens_per_s", "train tok/s", "{:.0f}"), ("bytes_on_disk", "bytes", "{:,}"))
+
+
+def brief(report: dict | None) -> str:
+    """One line of the figures a step reported."""
+    if not report:
+        return ""
+    if "models" in report:                              # an eval step
+        return "; ".join(f"{r.get('stage')}: ppl {r.get('ppl', float('nan')):.2f}, "
+                         f"{r.get('decode_tok_s', 0):.0f} tok/s" for r in report["models"])
+    parts = [f"{label} {fmt.format(report[k])}" for k, label, fmt in BRIEF
+             if isinstance(report.get(k), (int, float))]
+    return ", ".join(parts)
 
 
 def _quiet_transformers() -> None:

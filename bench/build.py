@@ -1,0 +1,170 @@
+"""The default build's figures, and `slm plan`'s predictions against measured decode speed.
+
+    # original vs final of a finished build (runs/default), re-measured side by side
+    .venv/bin/python bench/build.py build [--run runs/default] [--rounds 3]
+
+    # plan: predicted vs measured decode tok/s of GGUF files on llama.cpp
+    .venv/bin/python bench/build.py plan [--run runs/default] [--rounds 3] [--fit]
+
+`build` reads runs/<name>/report.json (the build's own eval: perplexity on
+held-out python-docs and on wordnet-glosses) and re-measures decode speed of
+the original and the final GGUF (and the built-in Q4_1 file the model ships
+as) round-robin, so background load hits all alike; the best round counts.
+
+`plan` measures the machine (bandwidth, matmul) and the decode speed of each
+GGUF in the same rounds, and prints measured / predicted. The built-in files
+are requantized with llama.cpp to f16, q8_0 and q4_0 to give more points.
+`--fit` fits plan.EFFICIENCY and plan.LAYER_OVERHEAD_S by least squares on
+per-token time (t = bytes / (e * bandwidth) + layers * c).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+
+def decode_tok_s(engine, prompt: list[int], n: int) -> float:
+    from slmkit.evaluate import measure_speed
+    return measure_speed(engine, prompt, n, repeats=1)["decode_tok_s"]
+
+
+def measure_files(files: dict[str, Path], rounds: int, n: int) -> dict[str, float]:
+    """Best-of-rounds greedy decode tok/s of each GGUF, round-robin."""
+    from slmkit.engines import open_engine
+    engines = {k: open_engine(str(p), "llama.cpp", n_ctx=512) for k, p in files.items()}
+    prompt = engines[next(iter(engines))].tokenize("The Python language reference says that")
+    best = {k: 0.0 for k in files}
+    for e in engines.values():
+        decode_tok_s(e, prompt, 8)                       # warm-up
+    for _ in range(rounds):
+        for k, e in engines.items():
+            best[k] = max(best[k], decode_tok_s(e, prompt, n))
+    return best
+
+
+def requantized(src: Path, qtype: str, out_dir: Path) -> Path:
+    """The built-in GGUF re-stored as ``qtype`` by llama.cpp's quantizer (cached)."""
+    import llama_cpp
+    out = out_dir / f"{src.stem}.{qtype}.gguf"
+    if out.exists():
+        return out
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype.upper()}")
+    params.allow_requantize = True
+    tmp = out.with_suffix(".tmp")
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    if rc != 0:
+        raise RuntimeError(f"llama.cpp could not requantize {src} to {qtype}")
+    tmp.replace(out)
+    return out
+
+
+def plan_files(run: Path | None) -> dict[str, Path]:
+    from slmkit.models.io import builtin_gguf
+    from slmkit.paths import cache_dir
+    out_dir = cache_dir() / "bench-plan"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    smol, gemma = builtin_gguf("smollm2-135m"), builtin_gguf("gemma3-270m")
+    files = {"smollm2-135m Q4_1 (built-in)": smol, "gemma3-270m Q4_K_M (built-in)": gemma}
+    for q in ("f16", "q8_0", "q4_0"):
+        files[f"smollm2-135m {q}"] = requantized(smol, q, out_dir)
+    files["gemma3-270m q8_0"] = requantized(gemma, "q8_0", out_dir)
+    if run and (run / "report.json").exists():
+        rep = json.loads((run / "report.json").read_text())
+        for s in rep["steps"]:
+            if s["artifact"] and str(s["artifact"]).endswith(".gguf"):
+                files[f"build: {s['name']}"] = Path(s["artifact"])
+    return files
+
+
+def fit(points: list[tuple[int, int, float, float]]) -> tuple[float, float]:
+    """Least squares of t = bytes/(e*bw) + layers*c over (bytes, layers, bw_bytes_s, tok_s)."""
+    import numpy as np
+    a = np.array([[b / bw, layers] for b, layers, bw, _ in points])
+    t = np.array([1.0 / r for *_, r in points])
+    (inv_e, c), *_ = np.linalg.lstsq(a, t, rcond=None)
+    return 1.0 / inv_e, c
+
+
+def cmd_plan(args) -> None:
+    from slmkit import plan
+    files = plan_files(args.run)
+    probes = [plan.probe_machine() for _ in range(2)]
+    probe = max(probes, key=lambda p: p.bandwidth_gbs)
+    measured = measure_files(files, args.rounds, args.tokens)
+    probe2 = plan.probe_machine()
+    if probe2.bandwidth_gbs > probe.bandwidth_gbs:
+        probe = probe2
+    print(f"probe: {probe.bandwidth_gbs} GB/s, fp32 {probe.fp32_gflops} GFLOP/s, "
+          f"bf16 {probe.bf16_gflops} GFLOP/s, {probe.cores} cores")
+    points = []
+    rows = []
+    for name, path in files.items():
+        pred = plan.predict_gguf(path, probe)
+        points.append((pred["bytes_per_token"], pred["layers"], probe.bandwidth_gbs * 1e9,
+                       measured[name]))
+        rows.append((name, pred, measured[name]))
+    if args.fit:
+        e, c = fit(points)
+        print(f"fit: EFFICIENCY = {e:.3f}, LAYER_OVERHEAD_S = {c:.2e}")
+        plan.EFFICIENCY, plan.LAYER_OVERHEAD_S = e, c
+        rows = [(n, plan.predict_gguf(files[n], probe), m) for n, _, m in rows]
+    print(f"constants: EFFICIENCY = {plan.EFFICIENCY}, LAYER_OVERHEAD_S = {plan.LAYER_OVERHEAD_S}")
+    print("| GGUF | MB read/token | layers | predicted tok/s | measured tok/s | measured/predicted |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, pred, meas in rows:
+        print(f"| {name} | {pred['bytes_per_token'] / 1e6:.1f} | {pred['layers']} | "
+              f"{pred['tok_s']:.1f} | {meas:.1f} | {meas / pred['tok_s']:.2f} |")
+
+
+def cmd_build(args) -> None:
+    from slmkit.models.io import builtin_gguf
+    rep = json.loads((args.run / "report.json").read_text())
+    c = rep["comparison"]
+    rows = {r["stage"]: r for r in rep["stages"]}
+    orig, final = rows[c["original"]], rows[c["final"]]
+    files = {"original": Path(rep["steps"][[s["name"] for s in rep["steps"]].index(
+        c["original"])]["artifact"]), "final": Path(rep["final_artifact"]),
+        "shipped Q4_1": builtin_gguf("smollm2-135m")}
+    speed = measure_files(files, args.rounds, args.tokens)
+    shipped = files["shipped Q4_1"].stat().st_size
+    print(f"build {rep['recipe']['name']} ({rep['build_seconds'] / 60:.1f} min); "
+          f"decode re-measured best of {args.rounds} rounds, {args.tokens} tokens")
+    print("| model | params | bytes | decode tok/s (build eval) | decode tok/s (re-measured) "
+          "| held-out python-docs ppl | wordnet-glosses ppl |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, r, key in ((f"original ({c['original']})", orig, "original"),
+                          (f"final ({c['final']})", final, "final")):
+        print(f"| {label} | {r['params'] / 1e6:.1f}M | {r['bytes'] / 1e6:.1f} MB | "
+              f"{r['decode_tok_s']:.1f} | {speed[key]:.1f} | {r['ppl']:.3f} | "
+              f"{r['ppl_general']:.3f} |")
+    print(f"| shipped Q4_1 file (reference) | - | {shipped / 1e6:.1f} MB | - | "
+          f"{speed['shipped Q4_1']:.1f} | - | - |")
+    print(f"final vs original: {orig['bytes'] / final['bytes']:.2f}x smaller, "
+          f"{speed['final'] / speed['original']:.2f}x faster (re-measured; build eval "
+          f"{final['decode_tok_s'] / orig['decode_tok_s']:.2f}x), "
+          f"domain ppl x{final['ppl'] / orig['ppl']:.3f}, general ppl "
+          f"x{final['ppl_general'] / orig['ppl_general']:.3f}")
+    print(f"final vs shipped Q4_1: {shipped / final['bytes']:.2f}x smaller, "
+          f"{speed['final'] / speed['shipped Q4_1']:.2f}x faster")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("build", "plan"))
+    ap.add_argument("--run", type=Path, default=Path("runs/default"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--fit", action="store_true")
+    args = ap.parse_args()
+    cmd_build(args) if args.what == "build" else cmd_plan(args)
+
+
+if __name__ == "__main__":
+    main()
