@@ -192,3 +192,30 @@ def test_default_layer_pairs():
     assert default_layer_pairs(2, 4) == [(0, 1), (1, 3)]
     assert default_layer_pairs(15, 30)[:2] == [(0, 1), (1, 3)]
     assert default_layer_pairs(3, 3) == [(0, 0), (1, 1), (2, 2)]
+
+
+def test_interrupted_run_resumes_to_same_curve(files, tmp_path, monkeypatch):
+    import slmkit.compress.distill as d
+    cfg = _cfg(files, tokens=1024, ckpt_every=3, w_ce=0.2)
+    full = run_distill(str(files / "student"), tmp_path / "full", cfg, progress=False)
+    real = d.make_loss_fn
+
+    def crashing(*a):
+        fn, calls = real(*a), {"n": 0}
+
+        def wrapped(m, b):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+            return fn(m, b)
+        return wrapped
+
+    monkeypatch.setattr(d, "make_loss_fn", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run_distill(str(files / "student"), tmp_path / "out", cfg, progress=False)
+    assert (tmp_path / "out.partial" / "checkpoints" / "step-0000003").is_dir()
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(d, "make_loss_fn", real)
+    rep = run_distill(str(files / "student"), tmp_path / "out", cfg, progress=False)
+    assert rep["resumed_from"] == 3
+    assert [r["loss"] for r in rep["loss_curve"]] == [r["loss"] for r in full["loss_curve"]]
