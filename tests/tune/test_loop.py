@@ -86,6 +86,18 @@ def test_grad_accum_equals_bigger_batch(tmp_path):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
 
 
+def test_grad_checkpointing_keeps_the_curve(tmp_path):
+    cfg = dict(max_steps=3, bf16=False, shuffle=False)
+    a = train(tiny_slm("llama").model, _batches(), causal_lm_loss, _cfg(**cfg), tmp_path / "a",
+              progress=False)
+    model = tiny_slm("llama").model
+    b = train(model, _batches(), causal_lm_loss, _cfg(grad_checkpointing=True, **cfg),
+              tmp_path / "b", progress=False)
+    assert model.model.gradient_checkpointing
+    assert [r["loss"] for r in b.loss_curve] == pytest.approx([r["loss"] for r in a.loss_curve],
+                                                              rel=1e-5)
+
+
 def test_schedule_shapes():
     kw = dict(warmup_steps=4, max_steps=104, min_lr_ratio=0.1)
     assert lr_factor(0, schedule="cosine", **kw) == pytest.approx(0.2)
