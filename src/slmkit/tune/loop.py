@@ -220,12 +220,17 @@ def make_optimizer(params: dict[str, nn.Parameter], cfg: TrainConfig) -> torch.o
 
 def enable_grad_checkpointing(model: nn.Module) -> int:
     """Turn on activation checkpointing in every HF model inside ``model``; returns how many."""
-    n = 0
+    n, kw = 0, {"use_reentrant": False}
     for m in model.modules():
-        if getattr(m, "supports_gradient_checkpointing", False) and \
-                hasattr(m, "gradient_checkpointing_enable"):
-            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            n += 1
+        if not getattr(m, "supports_gradient_checkpointing", False):
+            continue
+        if hasattr(m, "activation_checkpointing_enable"):          # transformers >= 5.x
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        elif hasattr(m, "gradient_checkpointing_enable"):
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        else:
+            continue
+        n += 1
     return n
 
 
