@@ -397,6 +397,15 @@ def _progress(enabled: bool, total: int, done: int):
     return bar
 
 
+def _show(bar, run, row: dict, tps: float, total: int) -> None:
+    """Update the bar; without a terminal (logs, CI) print a plain line ~20 times a run."""
+    bar.update(0, completed=run.step, loss=f"{row['loss']:.4f}", tps=f"{tps:,.0f}")
+    if not bar.console.is_terminal and (run.step % max(1, total // 20) == 0
+                                        or run.step == total):
+        bar.console.print(f"step {run.step}/{total} loss {row['loss']:.4f} "
+                          f"tokens {run.tokens} {tps:,.0f} tok/s", highlight=False)
+
+
 def _resume(work_dir, params, opt, cfg, rank, run) -> int | None:
     ckpts = checkpoint_dirs(work_dir)
     if not ckpts:
@@ -467,8 +476,7 @@ def _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress, ra
             seg_tokens += run.tokens - tok0
             run.loss_curve.append(row)
             if bar is not None and (run.step % cfg.log_every == 0 or run.step == cfg.max_steps):
-                bar.update(0, completed=run.step, loss=f"{row['loss']:.4f}",
-                           tps=f"{seg_tokens / max(seg_time, 1e-9):,.0f}")
+                _show(bar, run, row, seg_tokens / max(seg_time, 1e-9), cfg.max_steps)
             if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
                 _evaluate(model, eval_fn, run)
             if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.max_steps:
