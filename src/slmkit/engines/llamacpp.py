@@ -1,6 +1,7 @@
 """llama.cpp engine (llama-cpp-python) for ``.gguf`` files."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Iterator
@@ -17,8 +18,8 @@ class LlamaCppEngine:
     def __init__(self, path: str | Path, n_ctx: int = 2048, n_threads: int | None = None,
                  logits_all: bool = False):
         from llama_cpp import Llama
-        from ..models.io import check_gguf
-        check_gguf(Path(path))
+        stat = Path(path).stat() if Path(path).exists() else None
+        _check_once(str(path), stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1)
         self.path = Path(path)
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
                          logits_all=logits_all, verbose=False)
@@ -66,6 +67,14 @@ class LlamaCppEngine:
         raw = self.llm.generate(prompt_ids, temp=temperature, top_p=top_p, top_k=0,
                                 min_p=0.0, repeat_penalty=1.0, reset=True)
         return track(raw, stats, self.eos_ids, max_tokens, ignore_eos)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_once(path: str, size: int, mtime_ns: int) -> None:
+    """``check_gguf`` once per file version: parsing a large vocabulary takes seconds,
+    and a server opens one instance per concurrent sequence."""
+    from ..models.io import check_gguf
+    check_gguf(Path(path))
 
 
 def _raise(msg):

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..engines import open_engine
+from ..engines import open_engine, stream_text
 from .config import ServeConfig
 from .guard import Guard
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -53,13 +53,22 @@ class ServerState:
 
 
 def open_slots(cfg: ServeConfig) -> list:
-    """One engine per concurrent sequence: llama.cpp instances each, a PyTorch model shared."""
+    """One engine per concurrent sequence: llama.cpp instances each, a PyTorch model shared.
+
+    Each distinct engine generates one token before the server opens, so the
+    first request to reach a slot does not pay for its buffer allocation.
+    """
     first = open_engine(cfg.model, cfg.engine, n_ctx=cfg.ctx, n_threads=cfg.n_threads)
     if first.name != "llama.cpp":
-        return [first] * cfg.max_concurrency
-    rest = [open_engine(cfg.model, "llama.cpp", n_ctx=cfg.ctx, n_threads=cfg.n_threads)
-            for _ in range(cfg.max_concurrency - 1)]
-    return [first, *rest]
+        slots = [first] * cfg.max_concurrency
+    else:
+        slots = [first] + [open_engine(cfg.model, "llama.cpp", n_ctx=cfg.ctx,
+                                       n_threads=cfg.n_threads)
+                           for _ in range(cfg.max_concurrency - 1)]
+    for engine in {id(e): e for e in slots}.values():
+        for _ in stream_text(engine, engine.tokenize("Hello"), max_tokens=1, temperature=0.0):
+            pass
+    return slots
 
 
 def _vocab_size(engine) -> int:
