@@ -9,8 +9,8 @@ from slmkit.models.tiny import tiny_slm
 
 
 def _calib(tok, n=8, T=64):
-    from slmkit.data import blocks
-    return blocks("python-docs", tok, T, "train", n)
+    from slmkit.compress.quantize import first_blocks
+    return first_blocks("python-docs", tok, T, "train", n)
 
 
 @torch.no_grad()

@@ -11,7 +11,10 @@ output (all handled here, from the model's own weights and config):
   ``query_pre_attn_scalar`` differs, the ratio is folded into the query norm.
 * Tied embeddings: no ``output.weight``; llama.cpp reuses ``token_embd``.
 * Pruned models: head counts and feed-forward sizes are read per layer from
-  the weight shapes and written as arrays when they differ between layers.
+  the weight shapes. llama.cpp builds every layer of these architectures
+  with one feed-forward width, so narrower layers are zero-padded to the
+  widest: padded gate/up rows give ``act(0) * 0 = 0`` and padded down
+  columns multiply that zero, so the output is unchanged exactly.
 """
 from __future__ import annotations
 
@@ -102,7 +105,7 @@ def add_metadata(w: gguf.GGUFWriter, model: nn.Module, spec: GGUFArch, name: str
     w.add_context_length(int(cfg.max_position_embeddings))
     w.add_embedding_length(int(cfg.hidden_size))
     w.add_block_count(len(shapes["n_ff"]))
-    w.add_feed_forward_length(_scalar_or_list(shapes["n_ff"]))
+    w.add_feed_forward_length(max(shapes["n_ff"]))            # narrower layers are padded
     w.add_head_count(_scalar_or_list(shapes["n_head"]))
     w.add_head_count_kv(_scalar_or_list(shapes["n_head_kv"]))
     w.add_key_length(hd)
@@ -156,8 +159,12 @@ def hf_tensors(model: nn.Module, spec: GGUFArch):
     cfg, hd = model.config, head_dim(model.config)
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     q_scale = _gemma_q_scale(model) if spec.norm_plus_one else 1.0
+    pads = ffn_padding(model)
     for mname, mod in model.named_modules():
         own = list(mod.named_parameters(recurse=False))
+        if mname in pads:
+            yield from _padded(mname, mod, *pads[mname])
+            continue
         if isinstance(mod, QuantLinear):
             rows = _row_order(mname, mod.out_features, spec, cfg, hd)
             yield f"{mname}.weight", (mod, rows)
@@ -175,6 +182,32 @@ def hf_tensors(model: nn.Module, spec: GGUFArch):
                 if mname.endswith("q_norm"):
                     t = t * q_scale
             yield full, t
+
+
+def ffn_padding(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{module: (dim, width)}`` for feed-forward projections narrower than the widest."""
+    from ..models.arch import arch_of
+    a = arch_of(model)
+    n_ff = layer_shapes(model)["n_ff"]
+    width, pads = max(n_ff), {}
+    for i, n in enumerate(n_ff):
+        if n < width:
+            base = f"{a.layers}.{i}.{a.mlp}"
+            pads.update({f"{base}.{u}": (0, width) for u in a.up})
+            pads[f"{base}.{a.down}"] = (1, width)
+    return pads
+
+
+def _padded(mname: str, mod: nn.Module, dim: int, width: int):
+    """Weight (and bias) of a feed-forward Linear zero-padded to ``width`` along ``dim``."""
+    from ..compress.quantize.qlinear import QuantLinear
+    w = mod.dequantize(torch.float32) if isinstance(mod, QuantLinear) else mod.weight.detach().float()
+    pad = [0, 0, 0, 0]
+    pad[1 if dim == 1 else 3] = width - w.shape[dim]
+    yield f"{mname}.weight", torch.nn.functional.pad(w, pad)
+    if mod.bias is not None:
+        b = mod.bias.detach().float()
+        yield f"{mname}.bias", torch.nn.functional.pad(b, (0, width - b.shape[0])) if dim == 0 else b
 
 
 def _row_order(mname: str, rows: int, spec: GGUFArch, cfg, hd: int):

@@ -14,8 +14,13 @@ PARITY_TEXT = "python-docs"
 
 def parity_ids(tok, n_tokens: int, text: str = PARITY_TEXT) -> list[int]:
     """The first ``n_tokens`` ids of the held-out split of ``text`` (a corpus or path)."""
-    from ..data import token_stream
-    return token_stream(text, tok, "val", max_tokens=n_tokens)
+    from ..data import load_split, tokenize_records
+    ids: list[int] = []
+    for rec in load_split(text, "val"):                 # tokenize only what is needed
+        ids += tokenize_records([rec], tok)[0]
+        if len(ids) >= n_tokens:
+            break
+    return ids[:n_tokens]
 
 
 def nll_ppl(logits: torch.Tensor, ids: list[int]) -> float:

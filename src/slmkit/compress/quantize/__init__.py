@@ -135,7 +135,6 @@ def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
     Returns:
         the report dict (also written to ``out/report.json``).
     """
-    from ...data import blocks
     from ...models.io import SLM, count_params, dir_bytes, load, save
     out = Path(out)
     if out.exists() and not overwrite:
@@ -144,7 +143,7 @@ def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
     if quant_linears(slm.model):
         raise SlmError(f"{slm.spec} is already quantized", "quantize the unquantized model")
     t0 = time.perf_counter()
-    calib = blocks(cfg.calib, slm.tokenizer, cfg.seq_len, "train", cfg.calib_samples)
+    calib = first_blocks(cfg.calib, slm.tokenizer, cfg.seq_len, "train", cfg.calib_samples)
     held = _eval_ids(cfg, slm.tokenizer)
     before = _measure(slm, held, cfg)
     report = {"method": cfg.method, "bits": cfg.bits, "group_size": cfg.group_size,
@@ -165,12 +164,23 @@ def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
     return report
 
 
+def first_blocks(spec, tok, seq_len: int, which: str, n: int) -> torch.Tensor:
+    """The first ``n`` packed (n, seq_len) blocks of a split, tokenizing only what is needed."""
+    from ...data import load_split, pack, tokenize_records
+    docs, total = [], 0
+    for rec in load_split(spec, which):
+        docs += tokenize_records([rec], tok)
+        total += len(docs[-1])
+        if total >= n * seq_len:
+            break
+    return pack(docs, seq_len)[:n]
+
+
 def _eval_ids(cfg: QuantizeConfig, tok):
-    from ...data import blocks
     if not cfg.eval_tokens:
         return None
     seq = min(cfg.seq_len, cfg.eval_tokens)
-    return blocks(cfg.calib, tok, seq, "val", max(1, cfg.eval_tokens // seq))
+    return first_blocks(cfg.calib, tok, seq, "val", max(1, cfg.eval_tokens // seq))
 
 
 def _measure(slm, held, cfg: QuantizeConfig) -> dict:
