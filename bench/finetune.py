@@ -108,7 +108,8 @@ def ppl(args) -> None:
     for method, lr in (("lora", args.lora_lr), ("full", args.full_lr)):
         with tempfile.TemporaryDirectory() as d:
             cfg = FinetuneConfig(data="python-docs", method=method, lr=lr, seq_len=SEQ,
-                                 batch_size=BATCH, max_tokens=args.tokens, max_val_blocks=16,
+                                 batch_size=BATCH, max_tokens=args.tokens,
+                                 max_val_blocks=args.val_blocks, eval_every=args.eval_every,
                                  patience=0, resume=False)
             rep = run_finetune(MODEL, Path(d) / "out", cfg, progress=False)
         drop = 1 - rep["val_ppl_after"] / rep["val_ppl_before"]
@@ -138,8 +139,8 @@ def eda(args) -> None:
         for name, f in (("no EDA", "small.jsonl"), ("EDA", "small-eda.jsonl")):
             cfg = FinetuneConfig(data=str(Path(d) / f), val_data="python-docs", method="lora",
                                  lr=args.lr, seq_len=SEQ, batch_size=BATCH,
-                                 max_tokens=args.tokens, max_val_blocks=16, patience=0,
-                                 resume=False)
+                                 max_tokens=args.tokens, max_val_blocks=args.val_blocks,
+                                 eval_every=args.eval_every, patience=0, resume=False)
             r = run_finetune(MODEL, Path(d) / f"out-{f}", cfg, progress=False)
             best = min(x["val_ppl"] for x in r["eval_curve"])
             rows.append((name, r["data"]["train_loss_tokens"], r["tokens"], r["val_ppl_before"],
@@ -164,12 +165,16 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=150_000)
     p.add_argument("--lora-lr", type=float, default=1e-3)
     p.add_argument("--full-lr", type=float, default=5e-5)
+    p.add_argument("--val-blocks", type=int, default=16, help="held-out 512-token blocks scored")
+    p.add_argument("--eval-every", type=int, default=0, help="steps between evals (0: ~8/run)")
     e = sub.add_parser("eda")
     e.add_argument("--slice", type=float, default=0.05)
     e.add_argument("--n", type=int, default=4)
     e.add_argument("--alpha", type=float, default=0.1)
     e.add_argument("--lr", type=float, default=5e-4)
     e.add_argument("--tokens", type=int, default=60_000)
+    e.add_argument("--val-blocks", type=int, default=16)
+    e.add_argument("--eval-every", type=int, default=0)
     args = ap.parse_args()
     {"speed": speed, "ppl": ppl, "eda": eda}[args.cmd](args)
 

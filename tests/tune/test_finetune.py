@@ -211,3 +211,21 @@ def test_bad_inputs(tmp_path):
     assert not (tmp_path / "o").exists()
     with pytest.raises(ValueError):
         FinetuneConfig(data="python-docs", method="prefix")
+
+
+def test_loop_stops_when_eval_asks(tmp_path):
+    from slmkit.tune.loop import TrainConfig, train
+    from slmkit.tune.finetune import PackedBatches
+    slm = tiny_slm("llama")
+    model = adapters.setup_model(slm.model, "lora", rank=4)
+    ex = encode_record({"text": "def f(x):\n    return x + 1\n" * 20}, slm.tokenizer)
+    batches = PackedBatches(pack_examples([ex] * 8, 32), 2)
+    calls = []
+
+    def eval_fn():
+        calls.append(1)
+        return {"val_loss": 1.0, "stop": float(len(calls) >= 3)}   # start, step 2, step 4
+
+    rep = train(model, batches, sft_loss, TrainConfig(max_steps=20, eval_every=2, warmup_steps=0),
+                tmp_path, eval_fn=eval_fn, progress=False)
+    assert rep.steps == 4 and [r["step"] for r in rep.eval_curve] == [0, 2, 4]

@@ -406,6 +406,16 @@ def _show(bar, run, row: dict, tps: float, total: int) -> None:
                           f"tokens {run.tokens} {tps:,.0f} tok/s", highlight=False)
 
 
+def _stop_requested(run, world: int) -> bool:
+    """True when the eval just run returned a truthy ``stop`` (early stopping); every
+    rank follows rank 0's answer."""
+    last = run.eval_curve[-1] if run.eval_curve else {}
+    flag = torch.tensor([float(last.get("step") == run.step and last.get("stop", 0) > 0)])
+    if world > 1:
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def _resume(work_dir, params, opt, cfg, rank, run) -> int | None:
     ckpts = checkpoint_dirs(work_dir)
     if not ckpts:
@@ -431,7 +441,8 @@ def train(model: nn.Module, batches, loss_fn: LossFn, cfg: TrainConfig, work_dir
         cfg: optimizer, schedule and checkpoint settings.
         work_dir: checkpoints go to ``work_dir/checkpoints``.
         eval_fn: ``eval_fn() -> {name: float}`` run (rank 0, no_grad, eval mode) every
-            ``cfg.eval_every`` steps and at the end.
+            ``cfg.eval_every`` steps and at the end; a truthy ``stop`` in its result
+            ends training after that eval (early stopping).
         resume: continue from the newest checkpoint in ``work_dir`` if there is one.
         progress: show a progress bar (rank 0 only).
 
@@ -479,6 +490,8 @@ def _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress, ra
                 _show(bar, run, row, seg_tokens / max(seg_time, 1e-9), cfg.max_steps)
             if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
                 _evaluate(model, eval_fn, run)
+                if _stop_requested(run, world):
+                    break
             if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.max_steps:
                 _checkpoint(work_dir, params, opt, cfg, run, world)
     if not run.eval_curve or run.eval_curve[-1]["step"] != run.step:
