@@ -62,8 +62,7 @@ def test_every_step_wrote_its_artifact_dir(run):
     for d in STEP_DIRS[1:5]:
         assert (out / d / "report.json").exists()
     assert (out / "05-export" / "model.gguf").read_bytes()[:4] == b"GGUF"
-    assert not list(out.glob(".work/*")) or all(p.suffix == ".key" for p in out.glob(".work/*")) \
-        is False or not any((out / ".work").iterdir())
+    assert not any((out / ".work").iterdir())          # no partial outputs or checkpoints left
 
 
 def test_report_numbers_match_the_artifacts(run):
