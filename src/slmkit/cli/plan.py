@@ -9,6 +9,17 @@ from rich.table import Table
 from .app import app, console, print_json
 
 
+def _nearest_miss(rows):
+    """The best-scoring option that fits but is too slow, else the smallest that does not fit."""
+    ok = [r for r in rows if r.fits and r.fast_enough]
+    best = ok[0].score if ok else float("inf")
+    slow = [r for r in rows if r.fits and not r.fast_enough and r.score > best]
+    if slow:
+        return max(slow, key=lambda r: r.score)
+    big = [r for r in rows if not r.fits]
+    return min(big, key=lambda r: r.total_bytes) if big else None
+
+
 @app.command("plan")
 def plan_cmd(
     memory: str = typer.Option(..., "--memory", "-m", help="Memory you can give the model, e.g. 4G, 512M."),
@@ -55,10 +66,9 @@ def plan_cmd(
                       "lower --tokens-per-second", highlight=False)
     for r in ok[:3]:
         console.print(f"[bold]{r.model} {r.qtype}[/]: " + "; ".join(r.reasons), highlight=False)
-    rejected = [r for r in rows if not (r.fits and r.fast_enough)]
-    if rejected:
-        near = rejected[0]
-        console.print(f"best that does not qualify: {near.model} {near.qtype}: "
+    near = _nearest_miss(rows)
+    if near is not None:
+        console.print(f"next best, does not qualify: {near.model} {near.qtype}: "
                       + "; ".join(near.reasons), highlight=False)
     console.print(f"model: decode time per token = max(bytes/({plan.EFFICIENCY} x bandwidth), "
                   f"FLOPs/fp32 rate) + layers x {plan.LAYER_OVERHEAD_S * 1e3:.2f} ms; "
