@@ -383,7 +383,7 @@ def validate_options(recipe: Recipe, i: int, loc: Located):
             raise loc.error((FROM_RECIPE[field[0]],), f"{msg} (step '{step.name}' reads it as "
                             f"'{field[0]}')", "fix the value in the recipe") from exc
         if err["type"] == "extra_forbidden":
-            allowed = [f for f in cls.model_fields if f not in FROM_RECIPE]
+            allowed = list(cls.model_fields)
             msg = f"'{field[0]}' is not an option of step '{step.step}'"
             raise loc.error(("steps", i) + field, msg, f"allowed: {', '.join(allowed)}") from exc
         raise loc.error(("steps", i) + field, msg, "fix the value in the recipe") from exc
