@@ -34,10 +34,10 @@ from pathlib import Path
 
 import httpx
 
-PROMPTS = ["Write a short note about the Python os module.",
-           "Explain what a dictionary is in Python.",
-           "Give three tips for writing clear code.",
-           "Describe the water cycle in simple words."]
+PROMPTS = ["The os module in Python provides functions for",      # open-ended, so that
+           "A Python dictionary is a data structure that",         # most requests run to
+           "Three tips for writing clear code are",                # max_tokens
+           "The water cycle begins when"]
 
 
 @dataclass
@@ -56,13 +56,17 @@ def free_port() -> int:
 
 
 def start_server(kind: str, gguf: Path, clients: int, args) -> tuple[subprocess.Popen, str, str]:
-    """Launch one server on a free loopback port; return (process, base URL, model id)."""
+    """Launch one server (``slmkit:SLOTS`` or ``llama_cpp.server``) on a free loopback port.
+
+    Returns (process, base URL, model id).
+    """
     port = free_port()
     py = sys.executable
-    if kind == "slmkit":
+    if kind.startswith("slmkit"):
+        slots = int(kind.split(":")[1])
         cmd = [str(Path(py).parent / "slm"), "serve", str(gguf), "--port", str(port),
                "--ctx", str(args.ctx), "--threads", str(args.threads), "--name", "bench",
-               "--max-concurrency", str(min(clients, args.max_concurrency)),
+               "--max-concurrency", str(min(clients, slots)),
                "--max-queue", str(clients), "--max-tokens", str(args.max_tokens)]
     else:
         cmd = [py, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
@@ -194,29 +198,32 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--max-concurrency", type=int, default=64,
-                    help="slmkit slots (capped at the client count)")
+    ap.add_argument("--slots", type=int, nargs="+", default=[1, 8],
+                    help="slmkit --max-concurrency settings to run (each capped at the clients)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from slmkit.models.io import builtin_gguf
     gguf = builtin_gguf("smollm2-135m")
     rows = []
+    kinds = [f"slmkit:{n}" for n in args.slots] + ["llama_cpp.server"]
     for r in range(args.rounds):
         for clients in args.clients:
-            order = ("slmkit", "llama_cpp.server") if (r + clients) % 2 == 0 else (
-                "llama_cpp.server", "slmkit")
-            pair = {k: measure(k, gguf, clients, args) for k in order}
-            rows += pair.values()
-            a, b = pair["slmkit"], pair["llama_cpp.server"]
-            for row in (a, b):
-                print(f"round {r} clients {clients:3d} {row['server']:17s} "
+            shift = (r + clients) % len(kinds)            # rotate who goes first
+            order = kinds[shift:] + kinds[:shift]
+            runs = {k: measure(k, gguf, clients, args) for k in order}
+            rows += [{**row, "round": r} for row in runs.values()]
+            peer = runs["llama_cpp.server"]
+            for k in kinds:
+                row = runs[k]
+                print(f"round {r} clients {clients:3d} {k:17s} "
                       f"tok/s {row['tok_s']:7.1f}  TTFT p50 {row['ttft_p50_s']:6.2f}s "
                       f"p99 {row['ttft_p99_s']:6.2f}s  requests {row['requests']:4d} "
                       f"finished {row['finished']:4d}  429 {row['rejected_429']}  "
                       f"errors {row['errors']} {row['error_samples'] or ''}", flush=True)
-            print(f"  ratio slmkit/llama_cpp.server: tok/s {_ratio(a['tok_s'], b['tok_s'])}, "
-                  f"p99 TTFT {_ratio(a['ttft_p99_s'], b['ttft_p99_s'])}", flush=True)
+                if k != "llama_cpp.server":
+                    print(f"  {k} / llama_cpp.server: tok/s {_ratio(row['tok_s'], peer['tok_s'])}, "
+                          f"p99 TTFT {_ratio(row['ttft_p99_s'], peer['ttft_p99_s'])}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

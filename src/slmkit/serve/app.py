@@ -253,7 +253,10 @@ class JobStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.scheduler.cancel(self.job)
-            await self.body_iterator.aclose()
+            try:
+                await self.body_iterator.aclose()
+            except RuntimeError:              # still running in a cancelled task: it ends there
+                pass
             _account(self.state, self.job, scope["path"])
 
 
