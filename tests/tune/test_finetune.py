@@ -193,7 +193,7 @@ def test_end_to_end_lora_writes_adapter_model_report(tmp_path):
 
 def test_end_to_end_full_and_early_stop(tmp_path):
     cfg = FinetuneConfig(data=str(_text_data(tmp_path)), method="full", lr=3e-2, seq_len=64,
-                         batch_size=4, max_tokens=64 * 4 * 40, eval_every=2, patience=1,
+                         batch_size=4, max_tokens=64 * 4 * 24, eval_every=3, patience=1,
                          warmup_steps=0, max_val_blocks=4)
     rep = run_finetune(tiny_slm("llama"), tmp_path / "full", cfg, progress=False)
     assert (tmp_path / "full" / "model.safetensors").exists()

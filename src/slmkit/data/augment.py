@@ -23,6 +23,7 @@ import hashlib
 import json
 import random
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -394,7 +395,6 @@ def run_augment(data: str | Path, out: str | Path, cfg: AugmentConfig) -> dict:
         cfg: augmentation options.
     """
     from . import read_records
-    import time
     t0 = time.time()
     records = read_records(data)
     augmented, rep = augment_records(records, cfg)
