@@ -57,6 +57,9 @@ def add_tokenizer(w: gguf.GGUFWriter, tok, vocab_size: int, source_gguf: str | N
     Returns:
         what was written, for the report.
     """
+    copied = copy_source_tokenizer(w, tok, vocab_size, source_gguf)
+    if copied:
+        return copied
     tj = _tokenizer_json(tok)
     model = tj["model"]
     if model.get("type") != "BPE" or model.get("byte_fallback"):
@@ -98,3 +101,40 @@ def _add_special(w: gguf.GGUFWriter, tok) -> None:
                         and probe[0] == tok.bos_token_id)
     w.add_add_eos_token(bool(probe) and tok.eos_token_id is not None and len(probe) > 1
                         and probe[-1] == tok.eos_token_id)
+
+
+def copy_source_tokenizer(w: gguf.GGUFWriter, tok, vocab_size: int,
+                          source_gguf: str | None) -> dict | None:
+    """Copy ``tokenizer.*`` from the GGUF the model was first read from, if still valid.
+
+    A model that came from a GGUF file (the built-ins) keeps that file's exact
+    tokenizer (SentencePiece scores for Gemma, llama.cpp's pre-tokenizer name),
+    provided its token list still matches the HF tokenizer id for id.
+    """
+    if not source_gguf:
+        return None
+    try:
+        r = gguf.GGUFReader(source_gguf)
+    except (OSError, ValueError):
+        return None
+    f = r.fields.get(gguf.Keys.Tokenizer.LIST)
+    if f is None:
+        return None
+    tokens = f.contents()
+    vocab = tok.get_vocab()
+    by_id = {i: t for t, i in vocab.items()}
+    if len(tokens) != vocab_size or any(by_id.get(i, t) != t for i, t in enumerate(tokens)):
+        return None
+    own_template = getattr(tok, "chat_template", None)
+    for key, field in r.fields.items():
+        if not key.startswith("tokenizer.") or (own_template and key == "tokenizer.chat_template"):
+            continue
+        vt = field.types[0]
+        sub = field.types[1] if vt == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, field.contents(), vt, sub)
+    if own_template:
+        w.add_chat_template(own_template)
+    model = r.fields[gguf.Keys.Tokenizer.MODEL].contents()
+    pre = r.fields.get(gguf.Keys.Tokenizer.PRE)
+    return {"model": model, "pre": pre.contents() if pre else None, "tokens": len(tokens),
+            "copied_from": source_gguf}
