@@ -145,3 +145,12 @@ def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         run_export(tiny_slm("llama"), tmp_path / "m.gguf", F16)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.real
+def test_smollm2_f16_parity(tmp_path):
+    rep = run_export("smollm2-135m", tmp_path / "s.gguf",
+                     ExportConfig(type="f16", parity_tokens=128))
+    assert rep["parity"]["argmax_agreement"] >= 0.99, rep["parity"]
+    assert rep["parity"]["tokenizer_match"]
+    assert rep["tokenizer"]["pre"] == "smollm"             # kept from the shipped GGUF
