@@ -165,7 +165,10 @@ def _rank_main(rank, world, port, out_dir):
 def test_two_ranks_match_single_process(tmp_path):
     import torch.multiprocessing as mp
     from safetensors.torch import load_file
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    tiny_slm("llama")       # import the model code once; forked children then start at once
+    # fork: the children reuse the imported modules (spawn re-imports torch + transformers)
+    mp.start_processes(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
     w0, w1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     for n in w0:
         assert torch.equal(w0[n], w1[n]), n
