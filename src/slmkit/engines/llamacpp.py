@@ -21,8 +21,11 @@ class LlamaCppEngine:
         stat = Path(path).stat() if Path(path).exists() else None
         _check_once(str(path), stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1)
         self.path = Path(path)
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
-                         logits_all=logits_all, verbose=False)
+        # Prompt batches get the same threads: llama-cpp-python's own default for them is
+        # every core, which stalls prefill when the CPU is shared.
+        threads = n_threads or os.cpu_count()
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
+                         n_threads_batch=threads, logits_all=logits_all, verbose=False)
         self.context_length = self.llm.n_ctx()
         self.eos_ids = {self.llm.token_eos()}
         eot = self._special_id("<|im_end|>") or self._special_id("<end_of_turn>")

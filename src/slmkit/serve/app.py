@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP app: ``create_app(cfg)`` and ``serve(cfg)``.
+"""The OpenAI-compatible HTTP app, built by ``create_app(cfg)`` (run by ``serve.run``).
 
 Endpoints: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``
 (``stream: true`` answers with server-sent events in OpenAI's chunk format,
