@@ -85,14 +85,15 @@ def speed(args) -> None:
     for r in range(args.rounds):
         order = VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))
         for v in order:
-            out = subprocess.run([sys.executable, __file__, "_one", v, str(args.steps)],
+            out = subprocess.run([sys.executable, __file__, "_one", v, str(args.steps),
+                                  str(args.batch)],
                                  capture_output=True, text=True, check=True)
             res = json.loads(out.stdout.strip().splitlines()[-1])
             results[v].append(res)
             print(f"round {r + 1} {v:10s} {res['tokens_per_s']:8.1f} tok/s  "
                   f"peak RSS {res['peak_rss'] / 2**20:6.0f} MiB", flush=True)
     base = statistics.median(x["tokens_per_s"] for x in results["peft-fp32"])
-    print(f"\nSmolLM2-135M, LoRA r=16 all linear, batch {BATCH}x{SEQ}, {args.steps} timed steps, "
+    print(f"\nSmolLM2-135M, LoRA r=16 all linear, batch {args.batch}x{SEQ}, {args.steps} timed steps, "
           f"median of {args.rounds} interleaved rounds")
     print(f"{'variant':12s} {'tok/s':>8s} {'vs fp32':>8s} {'peak RSS MiB':>13s}")
     for v in VARIANTS:
@@ -154,6 +155,8 @@ def eda(args) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_one":
+        global BATCH
+        BATCH = int(sys.argv[4]) if len(sys.argv) > 4 else BATCH
         print(json.dumps(run_variant(sys.argv[2], int(sys.argv[3]))))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -161,6 +164,7 @@ def main() -> None:
     s = sub.add_parser("speed")
     s.add_argument("--steps", type=int, default=4)
     s.add_argument("--rounds", type=int, default=2)
+    s.add_argument("--batch", type=int, default=BATCH, help="sequences of 512 tokens per step")
     p = sub.add_parser("ppl")
     p.add_argument("--tokens", type=int, default=150_000)
     p.add_argument("--lora-lr", type=float, default=1e-3)
