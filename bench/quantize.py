@@ -7,6 +7,7 @@ are interleaved across rows and the median is reported with its ratio to fp32
 PyTorch measured in the same run.
 
     .venv/bin/python bench/quantize.py [--blocks 8] [--calib-samples 32] [--rounds 2]
+        [--workdir DIR [--reuse]] [--no-gptq]
 """
 from __future__ import annotations
 
@@ -57,40 +58,50 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--no-gptq", action="store_true", help="leave out the GPTQ rows")
+    ap.add_argument("--reuse", action="store_true", help="reuse outputs already in --workdir")
     args = ap.parse_args()
     import slmkit
     from slmkit.compress.quantize import QuantizeConfig, run_quantize
-    from slmkit.data import blocks
+    from slmkit.compress.quantize import first_blocks
     from slmkit.engines import open_engine
     from slmkit.export import ExportConfig, run_export
     from slmkit.models.io import dir_bytes
     torch.set_num_threads(os.cpu_count())
     work = Path(args.workdir or tempfile.mkdtemp(prefix="slm-bench-q-"))
     base = slmkit.load(MODEL)
-    held = blocks("python-docs", base.tokenizer, 512, "val", args.blocks)
+    held = first_blocks("python-docs", base.tokenizer, 512, "val", args.blocks)
     rows = {"fp32 (PyTorch)": {"kind": "pt", "path": base.path}}
     quant = {"int8 RTN (per-channel)": dict(method="rtn", bits=8, group_size=-1),
              "int4 RTN g128": dict(method="rtn", bits=4, group_size=128),
              "int4 GPTQ g128": dict(method="gptq", bits=4, group_size=128)}
+    if args.no_gptq:
+        del quant["int4 GPTQ g128"]
     for name, q in quant.items():
         out = work / name.split()[0] / q["method"]
-        shutil.rmtree(out, ignore_errors=True)
-        rep = run_quantize(MODEL, out, QuantizeConfig(**q, calib_samples=args.calib_samples,
-                                                      eval_tokens=0, speed_tokens=0))
+        if args.reuse and (out / "report.json").exists():
+            rep = json.loads((out / "report.json").read_text())
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            rep = run_quantize(MODEL, out, QuantizeConfig(**q, calib_samples=args.calib_samples,
+                                                          eval_tokens=0, speed_tokens=0))
         rows[name] = {"kind": "pt", "path": out, "quantize_s": rep["quantize_s"],
                       "peak_rss_bytes": rep["peak_rss_bytes"]}
         if "mean_output_rel_error" in rep:
             rows[name]["layer_err"] = (rep["mean_output_rel_error"], rep["mean_rtn_output_rel_error"])
     for t in ("f16", "q8_0", "q4_k_m", "q4_0"):
         out = work / f"smollm2-{t}.gguf"
-        rep = run_export(base, out, ExportConfig(type=t, parity_tokens=256), overwrite=True)
+        rpath = out.with_name(out.name + ".report.json")
+        rep = json.loads(rpath.read_text()) if args.reuse and rpath.exists() and out.exists() \
+            else run_export(base, out, ExportConfig(type=t, parity_tokens=256), overwrite=True)
         rows[f"GGUF {t} (llama.cpp)"] = {"kind": "cpp", "path": out, "parity": rep["parity"]}
-    gq = rows["int4 GPTQ g128"]["path"]
-    out = work / "smollm2-gptq-q4_0.gguf"
-    rep = run_export(gq, out, ExportConfig(type="q4_0", parity_tokens=256), overwrite=True)
-    rows["GGUF q4_0 from GPTQ g128 (llama.cpp)"] = {"kind": "cpp", "path": out,
-                                                   "parity": rep["parity"],
-                                                   "packed_direct": rep["packed_direct"]}
+    if "int4 GPTQ g128" in rows:
+        gq = rows["int4 GPTQ g128"]["path"]
+        out = work / "smollm2-gptq-q4_0.gguf"
+        rep = run_export(gq, out, ExportConfig(type="q4_0", parity_tokens=256), overwrite=True)
+        rows["GGUF q4_0 from GPTQ g128 (llama.cpp)"] = {"kind": "cpp", "path": out,
+                                                       "parity": rep["parity"],
+                                                       "packed_direct": rep["packed_direct"]}
     measure(rows, held, args)
     table(rows)
     (work / "results.json").write_text(json.dumps(rows, indent=2, default=str))
