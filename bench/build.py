@@ -42,9 +42,11 @@ def measure_files(files: dict[str, Path], rounds: int, n: int) -> dict[str, floa
     best = {k: 0.0 for k in files}
     for e in engines.values():
         decode_tok_s(e, prompt, 8)                       # warm-up
-    for _ in range(rounds):
+    for i in range(rounds):
         for k, e in engines.items():
             best[k] = max(best[k], decode_tok_s(e, prompt, n))
+        print(f"round {i + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in best.items()),
+              file=sys.stderr, flush=True)
     return best
 
 
@@ -95,6 +97,8 @@ def fit(points: list[tuple[int, int, float, float]]) -> tuple[float, float]:
 def cmd_plan(args) -> None:
     from slmkit import plan
     files = plan_files(args.run)
+    if args.only_builtin:
+        files = {k: v for k, v in files.items() if "built-in" in k or "f16" in k}
     probes = [plan.probe_machine() for _ in range(2)]
     probe = max(probes, key=lambda p: p.bandwidth_gbs)
     measured = measure_files(files, args.rounds, args.tokens)
@@ -162,6 +166,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--fit", action="store_true")
+    ap.add_argument("--only-builtin", action="store_true", help="plan: the built-in files and f16")
     args = ap.parse_args()
     cmd_build(args) if args.what == "build" else cmd_plan(args)
 
