@@ -1,8 +1,10 @@
 """Load test: `slm serve` against llama-cpp-python's own server on the same GGUF file.
 
 N concurrent streaming clients (16, then 64) send completion requests in a
-loop for a fixed time against each server in turn (order alternates between
-rounds). Measured per run: time to first token (p50/p99; a request still
+loop for a fixed time against each server in turn: `slm serve` once per
+--slots value (its --max-concurrency: 1 = one llama.cpp instance serving
+requests in order, like the peer; 8 = eight instances advanced token by token
+in turn) and `python -m llama_cpp.server`; the order rotates between rounds. Measured per run: time to first token (p50/p99; a request still
 waiting for its first token when time is up counts with its wait so far,
 which can only flatter the slower server), tokens received per second in
 total (text received inside the window, re-tokenized with the model's own
@@ -14,7 +16,7 @@ server runs with --interrupt_requests False so that every stream it starts
 runs to the end, as ours do.
 
 Usage:
-    python bench/serve_load.py [--clients 16 64] [--duration 30] [--rounds 1]
+    python bench/serve_load.py [--clients 16 64] [--duration 30] [--rounds 1] [--slots 1 8]
 Loopback only; at most max(clients) connections, each request capped at
 --max-tokens; every server process is stopped at the end.
 """
