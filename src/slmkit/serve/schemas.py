@@ -159,8 +159,8 @@ def parse(model: type[BaseModel], body) -> BaseModel:
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"] if not _is_type_tag(p)) or None
         msg = err["msg"].removeprefix("Value error, ")
-        return _raise(ApiError(400, f"{param}: {msg}" if param else msg, param=param,
-                               code="invalid_type" if "type" in err["type"] else "invalid_value"))
+        raise ApiError(400, f"{param}: {msg}" if param else msg, param=param,
+                       code="invalid_type" if "type" in err["type"] else "invalid_value") from None
 
 
 def _is_type_tag(p) -> bool:
@@ -168,6 +168,3 @@ def _is_type_tag(p) -> bool:
     return isinstance(p, str) and (p in ("str", "int", "float", "bool") or "[" in p
                                    or p.startswith("function-"))
 
-
-def _raise(exc: Exception):
-    raise exc
