@@ -74,7 +74,7 @@ def test_kd_matches_definitions():
 def test_distill_loss_zero_for_identical_student(files, kind):
     teacher = tiny_slm("llama", seed=0).model
     student = copy.deepcopy(teacher)
-    cfg = _cfg(files, kd=kind, temperature=2.0, w_hidden=1.0, top_k=None)
+    cfg = _cfg(files, kd=kind, temperature=2.0, w_ce=0.0, w_hidden=1.0, top_k=None)
     module = DistillModule(student, default_layer_pairs(2, 2), 64, 64)
     loss, metrics = make_loss_fn(cfg, Teacher(teacher))(
         module, {"input_ids": torch.randint(3, 500, (2, 16))})
@@ -176,7 +176,7 @@ def test_empty_data_and_bad_fields(files, tmp_path):
     with pytest.raises(ValueError, match="w_kld"):
         _cfg(files, w_kld=1.0)
     with pytest.raises(SlmError, match="loss weights"):
-        run_distill(str(files / "student"), tmp_path / "out", _cfg(files, w_kl=0),
+        run_distill(str(files / "student"), tmp_path / "out", _cfg(files, w_kl=0, w_ce=0),
                     progress=False)
 
 

@@ -56,7 +56,7 @@ def distill_cmd(
     temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature (loss scaled by T^2)."),
     jsd_beta: float = typer.Option(0.5, "--jsd-beta", help="Teacher weight in the JSD mixture."),
     w_kl: float = typer.Option(1.0, "--w-kl", help="Weight of the KD term."),
-    w_ce: float = typer.Option(0.0, "--w-ce", help="Weight of cross-entropy on the data."),
+    w_ce: float = typer.Option(1.0, "--w-ce", help="Weight of cross-entropy on the data."),
     w_hidden: float = typer.Option(0.0, "--w-hidden", help="Weight of hidden-state matching."),
     layer_pairs: Optional[str] = typer.Option(None, "--layer-pairs", help="student:teacher layer pairs, e.g. 0:1,1:3 (default: evenly mapped)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Teacher logits kept per token (cache default 64; live default all)."),

@@ -72,7 +72,7 @@ class DistillConfig(BaseModel):
     temperature: float = Field(1.0, gt=0)
     jsd_beta: float = Field(0.5, gt=0, lt=1, description="JSD mixing weight of the teacher")
     w_kl: float = Field(1.0, ge=0)
-    w_ce: float = Field(0.0, ge=0)
+    w_ce: float = Field(1.0, ge=0, description="KL + CE beat KL alone in bench/distill.py")
     w_hidden: float = Field(0.0, ge=0)
     layer_pairs: list[tuple[int, int]] | None = Field(
         None, description="(student layer, teacher layer) pairs for hidden matching")
