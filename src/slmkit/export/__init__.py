@@ -98,6 +98,7 @@ def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
             info = write_gguf(slm, tmp2, "f32", _source_gguf(slm))
             _llamacpp_quantize(tmp2, tmp, cfg.type)
             info["quantizer"] = "llama.cpp"
+            info["types"] = _tensor_types(tmp)
         report = {"format": "gguf", "type": cfg.type, "architecture": gguf_arch(slm.model).name,
                   "params": count_params(slm.model), "bytes_on_disk": tmp.stat().st_size, **info}
         if cfg.parity_tokens:
@@ -111,6 +112,15 @@ def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
                 p.unlink()
     report["path"] = str(out)
     return report
+
+
+def _tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of each GGML type a GGUF file holds."""
+    import gguf
+    counts: dict[str, int] = {}
+    for t in gguf.GGUFReader(str(path)).tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    return counts
 
 
 def _llamacpp_quantize(src: Path, dst: Path, ftype: str) -> None:
