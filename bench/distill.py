@@ -50,6 +50,7 @@ ARMS = {
     "kd": dict(w_kl=1.0, w_ce=0.0),                       # forward KL to the teacher only
     "kd_ce": dict(w_kl=1.0, w_ce=1.0),                    # KL + data CE
     "kd_ce_hidden": dict(w_kl=1.0, w_ce=1.0, w_hidden=1.0),  # + hidden-state matching
+    "kd_ce_cache": dict(w_kl=1.0, w_ce=1.0, top_k=64),   # KL + CE from cached top-64 logits
 }
 
 
@@ -62,7 +63,9 @@ def arm(name: str, student: Path, work: Path, args) -> dict:
     cfg = DistillConfig(teacher=args.teacher, data="python-docs", tokens=args.tokens,
                         seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                         warmup_steps=args.warmup, eval_every=args.eval_every,
-                        val_tokens=args.val_tokens, ckpt_every=0, resume=False, **ARMS[name])
+                        val_tokens=args.val_tokens, ckpt_every=0, resume=False,
+                        teacher_cache=str(work / "cache") if name.endswith("_cache") else None,
+                        **ARMS[name])
     t0 = time.time()
     rep = run_distill(str(student), work / name, cfg, overwrite=True)
     rep["wall_s"] = round(time.time() - t0, 1)
@@ -85,7 +88,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=4)
     ap.add_argument("--val-tokens", type=int, default=4096)
     ap.add_argument("--fraction", type=float, default=0.6)
-    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated, from: "
+    ap.add_argument("--arms", default="ce,kd,kd_ce,kd_ce_hidden", help="comma-separated, from: "
                     + ", ".join(ARMS))
     ap.add_argument("--jobs", type=int, default=1, help="arms trained at once (separate "
                     "processes; tok/s is then not comparable)")
