@@ -278,7 +278,8 @@ def _report(cfg, slm, net, rep, info, steps, restored, t0) -> dict:
         "val_loss_after": after["val_loss"] if after else None,
         "val_ppl_after": after["val_ppl"] if after else None,
         "best_step": best["step"] if best else None,
-        "loss_curve": [{k: r[k] for k in ("step", "tokens", "loss", "lr")} for r in rep.loss_curve],
+        "loss_curve": [{k: r[k] for k in ("step", "tokens", "loss", "lr", "step_s") if k in r}
+                       for r in rep.loss_curve],
         "eval_curve": [{k: r[k] for k in ("step", "tokens", "val_loss", "val_ppl")} for r in ev],
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "resumed_from": rep.resumed_from, "config": cfg.model_dump(),

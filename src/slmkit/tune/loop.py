@@ -485,6 +485,7 @@ def _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress, ra
             run.time_s += dt
             seg_time += dt
             seg_tokens += run.tokens - tok0
+            row["step_s"] = dt                 # wall time of this step (steady-state speed)
             run.loss_curve.append(row)
             if bar is not None and (run.step % cfg.log_every == 0 or run.step == cfg.max_steps):
                 _show(bar, run, row, seg_tokens / max(seg_time, 1e-9), cfg.max_steps)
