@@ -61,13 +61,14 @@ def decode_table(rounds: int, n: int) -> dict:
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+from slmkit.paths import peak_rss
 from slmkit.engines import open_engine, generate_text
 t = time.perf_counter()
 e = open_engine(sys.argv[1], sys.argv[2], n_ctx=512)
 load = time.perf_counter() - t
 generate_text(e, "def f(x):", max_tokens=16, temperature=0)
-print(json.dumps({"load_s": load, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"load_s": load, "peak_rss": peak_rss()}))
 """
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+from slmkit.paths import peak_rss
 import statistics
 import subprocess
 import sys
@@ -31,7 +31,7 @@ VARIANTS = ("peft-fp32", "peft-bf16", "slm-lora", "slm-qlora")
 
 
 def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak_rss()
 
 
 def plain_peft(steps: int, bf16: bool) -> dict:

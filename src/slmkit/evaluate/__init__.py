@@ -8,7 +8,6 @@ full window of logits, comes after that reading.
 from __future__ import annotations
 
 import multiprocessing as mp
-import resource
 import time
 import traceback
 from pathlib import Path
@@ -18,6 +17,7 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import SlmError
+from ..paths import peak_rss
 from .choice import accuracy, read_task
 from .perplexity import perplexity
 from .speed import measure_speed
@@ -89,7 +89,7 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True) -> dict:
         prompt = (ids * (cfg.prompt_tokens // max(len(ids), 1) + 1))[: cfg.prompt_tokens]
         row.update(measure_speed(engine, prompt, cfg.gen_tokens))
     row["rss_before_load"] = rss0
-    row["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    row["peak_rss"] = peak_rss()
     row.update({f"{k}": v for k, v in _ppl(engine, ids, cfg, progress).items()})
     if cfg.general_data:
         gen_ids = engine_tokens(engine, cfg.general_data, cfg.split, cfg.max_eval_tokens)

@@ -18,7 +18,6 @@ output (all handled here, from the model's own weights and config):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import gguf

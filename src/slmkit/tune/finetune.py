@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import SlmError
+from ..paths import peak_rss
 from ..models.io import SLM, dir_bytes, load, replace_dir, save
 from . import adapters
 from .sft_data import IGNORE, Packed, encode_records, pack_examples
@@ -281,7 +281,7 @@ def _report(cfg, slm, net, rep, info, steps, restored, t0) -> dict:
         "loss_curve": [{k: r[k] for k in ("step", "tokens", "loss", "lr", "step_s") if k in r}
                        for r in rep.loss_curve],
         "eval_curve": [{k: r[k] for k in ("step", "tokens", "val_loss", "val_ppl")} for r in ev],
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss(),
         "resumed_from": rep.resumed_from, "config": cfg.model_dump(),
         "time_s": round(time.time() - t0, 1),
     }

@@ -117,8 +117,8 @@ def decode_speed(slm, n_tokens: int) -> float:
 
 
 def _peak_rss() -> int:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from ...paths import peak_rss
+    return peak_rss()
 
 
 def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
