@@ -104,7 +104,7 @@ def commands(final) -> dict:
     """How to use the built model."""
     path = final.artifact
     return {"chat": f"slm chat {path}", "serve": f"slm serve {path}",
-            "generate": f"slm generate {path} --prompt 'In Python, a decorator'"}
+            "generate": f"slm generate {path} 'In Python, a decorator'"}
 
 
 def write_report(build, seconds: float) -> dict:
