@@ -48,14 +48,24 @@ class SLM:
         return count_params(self.model)
 
 
+def _unique(tensors):
+    """Tensors that do not share storage with an earlier one (tied weights once)."""
+    seen = set()
+    for t in tensors:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            yield t
+
+
 def count_params(model: torch.nn.Module) -> int:
     """Parameters of ``model``, tied tensors counted once."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel()
-    return total
+    return sum(p.numel() for p in _unique(model.parameters()))
+
+
+def tensor_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers in memory, tied tensors once."""
+    return sum(t.numel() * t.element_size()
+               for t in _unique(list(model.parameters()) + list(model.buffers())))
 
 
 # ---------------------------------------------------------------- built-ins

@@ -81,6 +81,22 @@ def layer_kwargs(model: nn.Module, seqlen: int, device="cpu") -> list[dict]:
 
 
 @torch.no_grad()
+def forward_blocks(model: nn.Module, ids: torch.Tensor, batch_size: int, handles: list) -> None:
+    """Run ``model`` over token blocks ``ids`` (N, T), ``batch_size`` at a time, so that the
+    hooks behind ``handles`` see every block; a hook may end a pass early by raising ``_Stop``.
+    The hooks are removed afterwards."""
+    try:
+        for chunk in ids.split(batch_size):
+            try:
+                model(chunk, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
 def capture_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) -> LayerInputs:
     """Hidden states entering decoder layer 0 for every calibration block.
 
@@ -96,15 +112,7 @@ def capture_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) -> 
         hidden.append(args[0] if args else kwargs["hidden_states"])
         raise _Stop
 
-    h = layer0.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for chunk in ids.split(batch_size):
-            try:
-                model(chunk, use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        h.remove()
+    forward_blocks(model, ids, batch_size, [layer0.register_forward_pre_hook(hook, with_kwargs=True)])
     return LayerInputs(hidden, layer_kwargs(model, ids.shape[1], ids.device))
 
 

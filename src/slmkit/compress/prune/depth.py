@@ -16,7 +16,7 @@ from torch import nn
 from ...errors import SlmError
 from ...models.arch import arch_of, decoder_layers
 from ...models.io import count_params
-from .calib import _Stop
+from .calib import _Stop, forward_blocks
 from .rebuild import copy_config, rebuild
 
 
@@ -25,7 +25,6 @@ def block_influence(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) ->
     """BI of every decoder layer on the calibration blocks ``ids`` (N, T)."""
     layers = decoder_layers(model)
     total = torch.zeros(len(layers), dtype=torch.float64)
-    count = 0
 
     def make(i):
         def hook(_mod, args, kwargs, out):
@@ -38,17 +37,8 @@ def block_influence(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) ->
 
     handles = [layer.register_forward_hook(make(i), with_kwargs=True)
                for i, layer in enumerate(layers)]
-    try:
-        for chunk in ids.split(batch_size):
-            try:
-                model(chunk, use_cache=False)
-            except _Stop:
-                pass
-            count += chunk.numel()
-    finally:
-        for h in handles:
-            h.remove()
-    return (1 - total / count).tolist()
+    forward_blocks(model, ids, batch_size, handles)
+    return (1 - total / ids.numel()).tolist()
 
 
 def drop_layers(model: nn.Module, drop: list[int]) -> nn.Module:

@@ -6,6 +6,7 @@ import math
 from torch import nn
 
 from ...models.arch import decoder_layers, linear_layers
+from ...models.io import tensor_bytes as state_bytes  # bytes as safetensors stores them
 
 SPARSE_NOTE = ("unstructured and N:M sparsity keep every weight's slot: the model on disk is "
                "the same size and runs at the same speed without sparse kernels or "
@@ -21,16 +22,6 @@ def heldout_perplexity(slm, data: str, max_tokens: int, max_length: int = 512,
     engine = open_engine(slm, "pytorch")
     ids = engine_tokens(engine, data, "val", max_tokens)
     return perplexity(engine, ids, max_length=max_length, stride=stride, progress=False)["ppl"]
-
-
-def state_bytes(model: nn.Module) -> int:
-    """Bytes of the model's tensors (tied tensors once), as safetensors would store them."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
 
 
 def sparse_format_bytes(model: nn.Module, pattern: tuple[int, int] | None) -> int:

@@ -18,7 +18,7 @@ from torch import nn
 from ...errors import SlmError
 from ...models.arch import Arch, arch_of, decoder_layers, get_module
 from ...models.io import count_params
-from .calib import _Stop
+from .calib import _Stop, forward_blocks
 from .rebuild import copy_config, rebuild
 
 _INTER_KEYS = ("intermediate_size", "ffn_hidden_size")
@@ -106,15 +106,7 @@ def importance(model: nn.Module, ids: torch.Tensor, batch_size: int = 8
             make(heads, i, True)))
         handles.append(get_module(layer, f"{a.mlp}.{a.down}").register_forward_pre_hook(
             make(chans, i, False)))
-    try:
-        for chunk in ids.split(batch_size):
-            try:
-                model(chunk, use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
+    forward_blocks(model, ids, batch_size, handles)
     return [h.sqrt() for h in heads], [c.sqrt() for c in chans]
 
 

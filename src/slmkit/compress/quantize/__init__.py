@@ -55,12 +55,8 @@ class QuantizeConfig(BaseModel):
 
 def model_bytes(model: torch.nn.Module) -> int:
     """Bytes of parameters and buffers in memory, tied tensors counted once."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
+    from ...models.io import tensor_bytes
+    return tensor_bytes(model)
 
 
 def mark_quantized(model: torch.nn.Module, cfg: QuantizeConfig) -> None:
