@@ -26,7 +26,10 @@ def direct_llamacpp(path: str, prompt: list[int], n: int, n_ctx: int):
 
     def run() -> float:
         t_first = None
-        for i, _ in enumerate(llm.generate(prompt, temp=0.0, reset=True)):
+        # the same sampler settings as slmkit's engine, so only the surrounding code differs
+        tokens = llm.generate(prompt, temp=0.0, top_p=1.0, top_k=0, min_p=0.0,
+                              repeat_penalty=1.0, reset=True)
+        for i, _ in enumerate(tokens):
             if i == 0:
                 t_first = time.perf_counter()
             if i + 1 >= n:
