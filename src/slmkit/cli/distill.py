@@ -96,8 +96,6 @@ def distill_cmd(
         teacher_cache=teacher_cache, cross_tokenizer=cross_tokenizer,
         grad_checkpointing=grad_checkpointing, bf16=not no_bf16, val_tokens=val_tokens,
         eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, resume=not no_resume)
-    from transformers.utils import logging
-    logging.disable_progress_bar()
     model = student if student else init_student(teacher, student_config, seed=seed,
                                                  **_overrides(set_))
     report = run_distill(model, out, cfg, overwrite=force, progress=not json_out)

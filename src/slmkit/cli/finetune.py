@@ -52,8 +52,6 @@ def finetune_cmd(
         targets=tlist, quant_format=quant_format, lr=lr, epochs=epochs, max_tokens=max_tokens,
         seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, val_fraction=val_fraction,
         eval_every=eval_every, patience=patience, merge=merge, seed=seed, resume=not no_resume)
-    from transformers.utils import logging
-    logging.disable_progress_bar()
     report = run_finetune(model, out, cfg, progress=not json_out, overwrite=force)
     if json_out:
         print_json(report)

@@ -43,7 +43,6 @@ def prune_cmd(
                               batch_size=batch_size, iterative=iterative, calib_autocast=bf16_calib,
                               eval_data=eval_data,
                               eval_tokens=eval_tokens, overwrite=force)
-    _quiet_transformers()
     with progress_bar(f"{method} layers", total=None, enabled=not json_out) as bar:
         report = run_prune(model, out, cfg,
                            progress=lambda _stage, done, total: bar.update(completed=done,
@@ -54,7 +53,3 @@ def prune_cmd(
     print_report(report, console)
     console.print(f"saved to {out}")
 
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging
-    logging.disable_progress_bar()
