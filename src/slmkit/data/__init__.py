@@ -49,17 +49,27 @@ def _read_file(path: Path) -> list[dict]:
     if path.suffix != ".jsonl":
         return [{"text": t, "id": f"{path.name}#{i}"} for i, t in enumerate(_paragraphs(text))]
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SlmError(f"{path}:{n}: not valid JSON ({exc.msg})", "fix that line") from exc
+    for n, rec in iter_jsonl(path, text):
         validate_record(rec, f"{path}:{n}")
         rec.setdefault("id", f"{path.name}:{n}")
         out.append(rec)
     return out
+
+
+def iter_jsonl(path: Path, text: str | None = None):
+    """``(line number, object)`` for each non-blank line of a JSONL file.
+
+    Raises:
+        SlmError: naming the file and line that is not valid JSON.
+    """
+    text = path.read_text(encoding="utf-8") if text is None else text
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SlmError(f"{path}:{n}: not valid JSON ({exc.msg})", "fix that line") from exc
 
 
 def _paragraphs(text: str, target: int = 1500) -> list[str]:

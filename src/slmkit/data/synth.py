@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import SlmError
+from . import iter_jsonl
 
 
 class SynthConfig(BaseModel):
@@ -52,13 +53,7 @@ def read_prompts(path: str | Path) -> list[str]:
     lines = p.read_text(encoding="utf-8").splitlines()
     if p.suffix == ".jsonl":
         out = []
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SlmError(f"{p}:{n}: not valid JSON", "fix that line") from exc
+        for n, rec in iter_jsonl(p):
             text = rec.get("prompt", rec.get("topic")) if isinstance(rec, dict) else None
             if not isinstance(text, str):
                 raise SlmError(f"{p}:{n}: needs a 'prompt' or 'topic' string", "fix that line")
