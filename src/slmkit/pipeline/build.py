@@ -353,7 +353,7 @@ def _write_step(d: Path, res: StepResult) -> None:
     d.mkdir(parents=True, exist_ok=True)
     rec = {"name": res.name, "step": res.step, "status": "done", "key": res.key,
            "artifact": res.artifact, "artifact_hash": res.artifact_hash,
-           "seconds": round(res.seconds, 2), "config": res.config,
+           "seconds": res.seconds, "config": res.config,
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (d / STEP_FILE).write_text(json.dumps(rec, indent=2, default=str))
 
