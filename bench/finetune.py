@@ -7,7 +7,10 @@
 `speed` runs each variant in its own process (so peak RSS is its own), rounds
 interleaved, and prints each variant's median tokens/s and its ratio to the
 plain PEFT fp32 loop measured in the same run. Setting: LoRA r=16 on all
-linear layers of the decoder, batch 4 x 512 tokens of python-docs.
+linear layers of the decoder, no LoRA dropout on either side, batch 4 x 512
+tokens of python-docs. The first step of each variant is left out of its
+tokens/s (warm-up; for `slm finetune` it includes compiling the decoder
+layers) and reported as "first step s".
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MODEL = "smollm2-135m"
 BATCH, SEQ = 4, 512
-VARIANTS = ("peft-fp32", "peft-bf16", "slm-lora", "slm-qlora")
+VARIANTS = ("peft-fp32", "peft-bf16", "slm-lora", "slm-lora-eager", "slm-qlora")
 
 
 def _peak_rss() -> int:
@@ -42,7 +45,7 @@ def plain_peft(steps: int, bf16: bool) -> dict:
     slm = load(MODEL)
     blocks = data.blocks("python-docs", slm.tokenizer, SEQ)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    model = get_peft_model(slm.model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
+    model = get_peft_model(slm.model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                                  target_modules=targets, task_type="CAUSAL_LM"))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
@@ -56,22 +59,25 @@ def plain_peft(steps: int, bf16: bool) -> dict:
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t0)
-    return {"tokens_per_s": BATCH * SEQ * steps / sum(times[1:]), "peak_rss": _peak_rss()}
+    return {"tokens_per_s": BATCH * SEQ * steps / sum(times[1:]), "peak_rss": _peak_rss(),
+            "first_step_s": times[0]}
 
 
-def slm_finetune(steps: int, method: str) -> dict:
+def slm_finetune(steps: int, method: str, compile_: bool = True) -> dict:
     """`slm finetune` itself (run_finetune), timed by the loop over training steps only."""
     from slmkit.tune.finetune import FinetuneConfig, run_finetune
     with tempfile.TemporaryDirectory() as d:
         cfg = FinetuneConfig(data="python-docs", method=method, rank=16, alpha=32,
                              seq_len=SEQ, batch_size=BATCH, max_tokens=BATCH * SEQ * (steps + 1),
-                             max_val_blocks=1, eval_every=10_000, patience=0, resume=False)
+                             max_val_blocks=1, eval_every=10_000, patience=0, resume=False,
+                             compile=compile_)
         rep = run_finetune(MODEL, Path(d) / "out", cfg, progress=False)
     # the loop's tokens/s includes the first (warm-up) step: recompute without it, as for
     # the plain loops, from the per-step times the loop records
     rows = rep["loss_curve"][1:]
     tps = (rows[-1]["tokens"] - rep["loss_curve"][0]["tokens"]) / sum(r["step_s"] for r in rows)
-    return {"tokens_per_s": tps, "peak_rss": _peak_rss(), "train_time_s": rep["train_time_s"]}
+    return {"tokens_per_s": tps, "peak_rss": _peak_rss(), "train_time_s": rep["train_time_s"],
+            "first_step_s": rep["loss_curve"][0]["step_s"]}
 
 
 def run_variant(name: str, steps: int) -> dict:
@@ -79,29 +85,35 @@ def run_variant(name: str, steps: int) -> dict:
         return plain_peft(steps, False)
     if name == "peft-bf16":
         return plain_peft(steps, True)
-    return slm_finetune(steps, name.split("-")[1])
+    return slm_finetune(steps, name.split("-")[1], compile_=not name.endswith("-eager"))
 
 
 def speed(args) -> None:
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
+    if "peft-fp32" not in variants:
+        variants = ("peft-fp32",) + variants
+    results: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.rounds):
-        order = VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))
+        order = variants if r % 2 == 0 else tuple(reversed(variants))
         for v in order:
             out = subprocess.run([sys.executable, __file__, "_one", v, str(args.steps),
                                   str(args.batch)],
                                  capture_output=True, text=True, check=True)
             res = json.loads(out.stdout.strip().splitlines()[-1])
             results[v].append(res)
-            print(f"round {r + 1} {v:10s} {res['tokens_per_s']:8.1f} tok/s  "
-                  f"peak RSS {res['peak_rss'] / 2**20:6.0f} MiB", flush=True)
+            print(f"round {r + 1} {v:14s} {res['tokens_per_s']:8.1f} tok/s  "
+                  f"peak RSS {res['peak_rss'] / 2**20:6.0f} MiB  "
+                  f"first step {res['first_step_s']:5.1f} s", flush=True)
     base = statistics.median(x["tokens_per_s"] for x in results["peft-fp32"])
     print(f"\nSmolLM2-135M, LoRA r=16 all linear, batch {args.batch}x{SEQ}, {args.steps} timed steps, "
           f"median of {args.rounds} interleaved rounds")
-    print(f"{'variant':12s} {'tok/s':>8s} {'vs fp32':>8s} {'peak RSS MiB':>13s}")
-    for v in VARIANTS:
+    print(f"{'variant':14s} {'tok/s':>8s} {'vs fp32':>8s} {'peak RSS MiB':>13s} "
+          f"{'first step s':>13s}")
+    for v in variants:
         tps = statistics.median(x["tokens_per_s"] for x in results[v])
         rss = max(x["peak_rss"] for x in results[v]) / 2**20
-        print(f"{v:12s} {tps:8.1f} {tps / base:7.2f}x {rss:13.0f}")
+        first = statistics.median(x["first_step_s"] for x in results[v])
+        print(f"{v:14s} {tps:8.1f} {tps / base:7.2f}x {rss:13.0f} {first:13.1f}")
 
 
 def ppl(args) -> None:
@@ -167,6 +179,8 @@ def main() -> None:
     s.add_argument("--steps", type=int, default=4)
     s.add_argument("--rounds", type=int, default=2)
     s.add_argument("--batch", type=int, default=BATCH, help="sequences of 512 tokens per step")
+    s.add_argument("--variants", default="", help=f"comma list out of {','.join(VARIANTS)} "
+                   "(peft-fp32, the reference, is always run)")
     p = sub.add_parser("ppl")
     p.add_argument("--tokens", type=int, default=150_000)
     p.add_argument("--lora-lr", type=float, default=1e-3)

@@ -98,6 +98,35 @@ def test_grad_checkpointing_keeps_the_curve(tmp_path):
                                                               rel=1e-5)
 
 
+def test_compiled_layers_keep_the_curve_and_are_undone(tmp_path):
+    """torch.compile of the decoder layers: same losses as eager, eval runs eager, and
+    the model is plain again afterwards (saving, merging and inference see no wrapper)."""
+    from slmkit.tune.loop import decoder_layers, should_compile
+    cfg = dict(max_steps=3, bf16=False, shuffle=False)
+    a = train(tiny_slm("llama").model, _batches(), causal_lm_loss, _cfg(**cfg), tmp_path / "a",
+              progress=False)
+    model = tiny_slm("llama").model
+    seen = []
+
+    def eval_fn():
+        seen.append(torch.compiler.is_compiling())
+        return {"x": 1.0}
+
+    from torch._dynamo.utils import counters
+    counters.clear()
+    b = train(model, _batches(), causal_lm_loss, _cfg(compile=True, eval_every=1, **cfg),
+              tmp_path / "b", eval_fn=eval_fn, progress=False)
+    assert counters["stats"]["unique_graphs"] >= 1            # the layers did run compiled
+    assert [r["loss"] for r in b.loss_curve] == pytest.approx([r["loss"] for r in a.loss_curve],
+                                                              rel=1e-4)
+    layers = decoder_layers(model)
+    assert len(layers) == model.config.num_hidden_layers
+    assert all(layer._compiled_call_impl is None for layer in layers)
+    assert seen and not any(seen)
+    # auto: tiny models and short runs stay eager
+    assert not should_compile(model, _cfg(max_steps=1000))
+
+
 def test_schedule_shapes():
     kw = dict(warmup_steps=4, max_steps=104, min_lr_ratio=0.1)
     assert lr_factor(0, schedule="cosine", **kw) == pytest.approx(0.2)

@@ -63,6 +63,7 @@ def distill_cmd(
     teacher_cache: Optional[str] = typer.Option(None, "--teacher-cache", help="Directory for cached teacher top-k logits (built on first use)."),
     cross_tokenizer: bool = typer.Option(False, "--cross-tokenizer", help="Teacher and student tokenizers differ (not supported yet)."),
     grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward to save memory."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the student's decoder layers (default: for models >= 50M params and runs >= 20 steps)."),
     no_bf16: bool = typer.Option(False, "--no-bf16", help="Train in fp32 instead of bf16 autocast."),
     val_tokens: int = typer.Option(16_384, "--val-tokens", help="Held-out tokens for perplexity (0 skips)."),
     eval_every: int = typer.Option(0, "--eval-every", help="Steps between held-out evals (0: start and end)."),
@@ -94,7 +95,7 @@ def distill_cmd(
         schedule=schedule, kd=kd, temperature=temperature, jsd_beta=jsd_beta, w_kl=w_kl,
         w_ce=w_ce, w_hidden=w_hidden, layer_pairs=_pairs(layer_pairs), top_k=top_k,
         teacher_cache=teacher_cache, cross_tokenizer=cross_tokenizer,
-        grad_checkpointing=grad_checkpointing, bf16=not no_bf16, val_tokens=val_tokens,
+        grad_checkpointing=grad_checkpointing, compile=compile_, bf16=not no_bf16, val_tokens=val_tokens,
         eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, resume=not no_resume)
     model = student if student else init_student(teacher, student_config, seed=seed,
                                                  **_overrides(set_))

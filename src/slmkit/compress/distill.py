@@ -68,6 +68,7 @@ class DistillConfig(BaseModel):
     max_grad_norm: float = Field(1.0, ge=0)
     bf16: bool = True
     grad_checkpointing: bool = False
+    compile: bool | None = None                # torch.compile student layers; None = auto
     kd: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     temperature: float = Field(1.0, gt=0)
     jsd_beta: float = Field(0.5, gt=0, lt=1, description="JSD mixing weight of the teacher")
@@ -509,7 +510,8 @@ def _train_config(cfg: DistillConfig, steps: int):
                        schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio,
                        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
                        grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
-                       grad_checkpointing=cfg.grad_checkpointing, eval_every=cfg.eval_every,
+                       grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile,
+                       eval_every=cfg.eval_every,
                        ckpt_every=cfg.ckpt_every, seed=cfg.seed)
 
 

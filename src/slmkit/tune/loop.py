@@ -7,7 +7,9 @@ model they hand it (what is trainable) and in the loss function.
   loop's data position is an integer, so a resumed run reads exactly the batches
   the unbroken run would have read.
 - bf16 autocast on CPU (parameters and optimizer state stay fp32), gradient
-  accumulation, optional gradient checkpointing, AdamW with warm-up and a
+  accumulation, optional gradient checkpointing, ``torch.compile`` of the decoder
+  layers one by one (identical layers share one compiled graph, so compiling
+  costs tens of seconds, not minutes; evaluations run eager), AdamW with warm-up and a
   cosine/linear/constant schedule, gradient clipping.
 - Atomic checkpoints in ``work_dir/checkpoints/step-NNNNNNN/``: trainable
   parameters (safetensors), optimizer state and RNG states (``torch.save``,
@@ -29,6 +31,7 @@ import random
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -44,6 +47,9 @@ from .schedule import lr_factor
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
 CKPT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
+# Below these, compiling (tens of seconds) costs more than it saves (~20% of a step).
+COMPILE_MIN_PARAMS = 50_000_000
+COMPILE_MIN_STEPS = 20
 # Fields that change the loss curve: a checkpoint made with other values cannot be resumed.
 _CURVE_FIELDS = ("lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_decay", "batch_size",
                  "grad_accum", "max_grad_norm", "bf16", "seed", "shuffle", "adam_betas")
@@ -66,6 +72,9 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, ge=0, description="clip total grad norm; 0 = off")
     bf16: bool = Field(True, description="bf16 autocast (weights stay fp32)")
     grad_checkpointing: bool = False
+    compile: bool | None = Field(None, description="torch.compile each decoder layer; None = "
+                                 f"when the model has >= {COMPILE_MIN_PARAMS // 10**6}M "
+                                 f"parameters and the run >= {COMPILE_MIN_STEPS} steps")
     shuffle: bool = Field(True, description="reshuffle batch order each epoch (seeded)")
     eval_every: int = Field(0, ge=0, description="steps between evals; 0 = only at the end")
     eval_at_start: bool = Field(True, description="also evaluate before the first step")
@@ -234,6 +243,47 @@ def enable_grad_checkpointing(model: nn.Module) -> int:
     return n
 
 
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder layers of every HF backbone inside ``model`` (PEFT layers included)."""
+    found = []
+    for m in model.modules():
+        layers = getattr(m, "layers", None)
+        if isinstance(layers, nn.ModuleList) and hasattr(m, "embed_tokens"):
+            found.extend(layers)
+    return found
+
+
+def should_compile(model: nn.Module, cfg: "TrainConfig") -> bool:
+    if cfg.compile is not None:
+        return cfg.compile
+    n = sum(p.numel() for p in model.parameters())
+    return n >= COMPILE_MIN_PARAMS and cfg.max_steps * cfg.grad_accum >= COMPILE_MIN_STEPS
+
+
+@contextmanager
+def compiled_layers(model: nn.Module, enabled: bool):
+    """Compile the decoder layers in place for the duration of the block, then undo it.
+
+    If compiling fails (no C compiler, an unsupported op), dynamo falls back to eager
+    for that layer and training goes on at eager speed.
+    """
+    layers = decoder_layers(model) if enabled else []
+    if not layers:
+        yield 0
+        return
+    import torch._dynamo
+    suppress = torch._dynamo.config.suppress_errors
+    torch._dynamo.config.suppress_errors = True
+    for layer in layers:
+        layer.compile()
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None
+        torch._dynamo.config.suppress_errors = suppress
+
+
 # ---------------------------------------------------------------- checkpoints
 
 def checkpoint_dirs(work_dir: Path) -> list[Path]:
@@ -361,7 +411,7 @@ def _evaluate(model, eval_fn, run) -> None:
         return
     was = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
         out = eval_fn()
     model.train(was)
     run.eval_curve.append({"step": run.step, "tokens": run.tokens,
@@ -456,8 +506,9 @@ def train(model: nn.Module, batches, loss_fn: LossFn, cfg: TrainConfig, work_dir
     threads = torch.get_num_threads()
     torch.set_num_threads(_threads(cfg, world))
     try:
-        return _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress, rank,
-                      world)
+        with compiled_layers(model, should_compile(model, cfg)):
+            return _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress,
+                          rank, world)
     finally:
         torch.set_num_threads(threads)
 
