@@ -130,6 +130,14 @@ def test_width_equals_masked_original_and_reloads(family, calib, tmp_path):
     torch.testing.assert_close(_logits(again, x), out, rtol=0, atol=0)
 
 
+def test_width_rounds_mlp_width_to_gguf_blocks():
+    """Down-projection rows must split into llama.cpp's quantization blocks."""
+    assert width.align_width(1000) == 992 and width.align_width(1000) % 32 == 0
+    assert width.align_width(5000) == 4864 and width.align_width(5000) % 256 == 0
+    assert width.align_width(2047) == 2016
+    assert width.align_width(60) == 56 and width.align_width(9) == 9
+
+
 def test_width_slices_exactly_what_it_ranks(calib):
     """Pruned logits == original logits with the dropped heads and channels zeroed."""
     slm = tiny_slm("llama")

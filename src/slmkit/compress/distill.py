@@ -43,8 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from ..errors import SlmError
-from ..tune.losses import (IGNORE_INDEX, backbone_and_head, chunked_head_loss, hidden_states,
-                           shift_labels)
+from ..tune.losses import (IGNORE_INDEX, backbone_and_head, chunked_head_loss, fused_ce_kl,
+                           hidden_states, shift_labels)
 
 KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
 
@@ -231,7 +231,17 @@ def make_loss_fn(cfg: DistillConfig, teacher: Teacher):
             t_idx = batch["t_indices"].reshape(n_tok, -1)
         parts = {"kd": torch.zeros(()), "ce": torch.zeros(())}
 
+        fused = cfg.kd == "forward_kl" and not cached and not cfg.top_k
+
         def chunk(logits: torch.Tensor, rows: slice) -> torch.Tensor:
+            if fused:           # the default: value and gradient in one sweep, no graph
+                t = teacher.logits(h_t[rows]) if cfg.w_kl > 0 and h_t is not None else None
+                loss, ce, kd = fused_ce_kl(logits, targets[rows], w_ce=cfg.w_ce / max(1, n_ce),
+                                           teacher_logits=t, w_kl=cfg.w_kl / n_tok,
+                                           temperature=cfg.temperature)
+                parts["kd"] += kd
+                parts["ce"] += ce
+                return loss
             loss = torch.zeros((), device=logits.device)
             if cfg.w_kl > 0:
                 if cached:

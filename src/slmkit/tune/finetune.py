@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import SlmError
@@ -97,7 +96,7 @@ def sft_loss(model: torch.nn.Module, batch: dict, chunk_tokens: int = 1024
     (restarting per packed example, which makes attention block-diagonal). The
     head runs in chunks of ``chunk_tokens`` rows on the loss tokens only.
     """
-    from .losses import backbone_and_head, chunked_head_loss, shift_labels
+    from .losses import backbone_and_head, chunked_head_loss, fused_ce_kl, shift_labels
     backbone, head, softcap = backbone_and_head(model)
     h = backbone(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
                  use_cache=False).last_hidden_state                    # (B, T, H)
@@ -110,9 +109,9 @@ def sft_loss(model: torch.nn.Module, batch: dict, chunk_tokens: int = 1024
     targets = targets[keep]
 
     def ce(logits: torch.Tensor, rows: slice) -> torch.Tensor:
-        return F.cross_entropy(logits, targets[rows], reduction="sum")
+        return fused_ce_kl(logits, targets[rows], w_ce=1.0 / n)[0]
 
-    return chunked_head_loss(h, head, ce, chunk_tokens, softcap) / n, {"loss_tokens": n}
+    return chunked_head_loss(h, head, ce, chunk_tokens, softcap), {"loss_tokens": n}
 
 
 @torch.no_grad()

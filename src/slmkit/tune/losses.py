@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 IGNORE_INDEX = -100
@@ -116,6 +115,83 @@ def chunked_head_loss(h: torch.Tensor, head: nn.Module, fn: ChunkFn,
     return _ChunkedHeadLoss.apply(h, head, fn, max(1, int(chunk_tokens)), softcap, *params)
 
 
+def _softmax_lse(x: torch.Tensor, logs: bool = False):
+    """(softmax(x), logsumexp(x) (n, 1)), or with ``logs`` (softmax, log_softmax), in few
+    passes over x (rows max, one exp written in place, one sum)."""
+    m = x.amax(-1, keepdim=True)
+    shifted = x - m
+    e = shifted.exp() if logs else shifted.exp_()
+    z = e.sum(-1, keepdim=True)
+    e.div_(z)
+    if logs:
+        return e, shifted.sub_(z.log_())
+    return e, m + z.log_()
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products (n,) of two (n, V) tensors, without an (n, V) temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1)
+
+
+class _FusedCeKl(torch.autograd.Function):
+    """Cross-entropy and forward KL to a teacher on one chunk of logits, value and gradient
+    in one sweep: d/ds of CE is ``softmax(s) - onehot(y)`` and of ``T^2 KL(p_T || q_T)`` it
+    is ``T (q_T - p_T)``, so no autograd graph over the (n, V) tensor is kept and no
+    log-softmax is stored or differentiated. Returns (weighted loss, CE sum, KL sum)."""
+
+    @staticmethod
+    def forward(ctx, s, t, y, a_ce, a_kl, temperature):
+        valid = y != IGNORE_INDEX
+        g, lse = _softmax_lse(s)                                    # softmax(s), logsumexp
+        picked = s.gather(1, y.clamp_min(0)[:, None]).squeeze(1)
+        ce = ((lse.squeeze(1) - picked) * valid).sum()
+        kl = torch.zeros((), dtype=s.dtype, device=s.device)
+        if t is not None and a_kl:
+            T = temperature
+            st = s if T == 1 else s / T
+            q_t, lse_st = (g, lse) if T == 1 else _softmax_lse(st)
+            prob, log_p = _softmax_lse(t.float() if T == 1 else t.float() / T, logs=True)
+            # KL = sum p (log p - log q_T) = sum p (log p - s/T) + lse(s/T), as sum p = 1
+            kl = (_rowdot(prob, log_p.sub_(st)) + lse_st.squeeze(1)).sum()
+            del log_p
+            coef = a_kl * T                                          # d(T^2 KL)/ds = T (q_T - p)
+            if T == 1:
+                g.mul_((a_ce * valid + coef)[:, None].to(g.dtype)).add_(prob, alpha=-coef)
+            else:
+                g.mul_((a_ce * valid)[:, None].to(g.dtype)).add_(q_t.sub_(prob), alpha=coef)
+        else:
+            g.mul_((a_ce * valid)[:, None].to(g.dtype))
+        rows = valid.nonzero().squeeze(1)
+        g[rows, y[rows]] -= a_ce
+        ctx.save_for_backward(g)
+        ctx.mark_non_differentiable(ce, kl)
+        return a_ce * ce + a_kl * temperature ** 2 * kl, ce, kl
+
+    @staticmethod
+    def backward(ctx, grad_loss, _g_ce, _g_kl):
+        (g,) = ctx.saved_tensors
+        return g * grad_loss, None, None, None, None, None
+
+
+def fused_ce_kl(logits: torch.Tensor, targets: torch.Tensor, *, w_ce: float = 1.0,
+                teacher_logits: torch.Tensor | None = None, w_kl: float = 0.0,
+                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``w_ce * sum CE(logits, targets) + w_kl * T^2 * sum KL(teacher || student)`` over rows.
+
+    Args:
+        logits: (n, V) fp32 student logits.
+        targets: (n,) token ids, -100 for rows without a CE term (their KL still counts).
+        w_ce, w_kl: weights applied to the row sums.
+        teacher_logits: (n, V) teacher logits (any float dtype) or None for CE alone.
+        temperature: KL temperature T (both distributions softened by T).
+
+    Returns:
+        (weighted loss, CE sum, KL sum); only the first carries a gradient.
+    """
+    return _FusedCeKl.apply(logits, teacher_logits, targets, float(w_ce), float(w_kl),
+                            float(temperature))
+
+
 def shift_labels(batch: dict) -> torch.Tensor:
     """(B, T) targets: labels[t + 1] predicted at position t; last position ignored."""
     labels = batch.get("labels", batch["input_ids"])
@@ -145,7 +221,7 @@ def causal_lm_loss(model: nn.Module, batch: dict, chunk_tokens: int = 1024
     _, head, softcap = backbone_and_head(model)
 
     def ce(logits: torch.Tensor, rows: slice) -> torch.Tensor:
-        return F.cross_entropy(logits, targets[rows], reduction="sum")
+        return fused_ce_kl(logits, targets[rows], w_ce=1.0 / n)[0]
 
-    loss = chunked_head_loss(h, head, ce, chunk_tokens, softcap) / n
+    loss = chunked_head_loss(h, head, ce, chunk_tokens, softcap)
     return loss, {"loss_tokens": n}

@@ -127,6 +127,20 @@ def _unit_params(model: nn.Module) -> tuple[int, int, int]:
     return mlp, head, len(decoder_layers(model))
 
 
+def align_width(inter: int) -> int:
+    """MLP width rounded down so GGUF block quantization applies to the down projection.
+
+    llama.cpp quantizes a matrix in blocks along its rows: 32 values for Q4_0..Q8_0,
+    256 for the K-quants; a width that is not a multiple falls back to a wider type
+    (a K-quant to Q5_0 or Q8_0, anything else to F16). Widths of 2048 and more round
+    to 256 (at most 12% fewer channels than planned), others to 32, tiny ones to 8.
+    """
+    for align, least in ((256, 2048), (32, 64), (8, 16)):
+        if inter >= least:
+            return inter // align * align
+    return inter
+
+
 def plan_sizes(model: nn.Module, target: int, prune_heads: bool) -> tuple[int, int]:
     """(query heads kept, MLP channels kept) per layer for at most ``target`` parameters.
 
@@ -141,9 +155,7 @@ def plan_sizes(model: nn.Module, target: int, prune_heads: bool) -> tuple[int, i
     for keep in (range(1, units + 1) if prune_heads else [units]):
         heads = keep * per_unit
         cut = (s.heads - heads) * head_unit * n_layers
-        inter = s.inter - max(0, -(-(excess - cut) // (mlp_unit * n_layers)))
-        if inter >= 64:
-            inter = inter // 8 * 8
+        inter = align_width(s.inter - max(0, -(-(excess - cut) // (mlp_unit * n_layers))))
         if inter < 1:
             continue
         gap = abs(heads / s.heads - inter / s.inter)
