@@ -106,7 +106,8 @@ def _ppl(engine, ids, cfg: EvalConfig, progress: bool) -> dict:
 
 def _child(spec, cfg_json: str, queue) -> None:
     try:
-        queue.put(("ok", evaluate_one(spec, EvalConfig.model_validate_json(cfg_json))))
+        queue.put(("ok", evaluate_one(spec, EvalConfig.model_validate_json(cfg_json),
+                                      progress=False)))
     except SlmError as exc:
         queue.put(("slm", exc.one_line()))
     except BaseException as exc:  # report, never hang the parent
@@ -144,6 +145,22 @@ def run_eval(models: list, cfg: EvalConfig, progress: bool = True) -> dict:
     if not models:
         raise SlmError("no model given", "name at least one model")
     rows = []
-    for spec in models:
-        rows.append(_isolated(spec, cfg) if cfg.isolate else evaluate_one(spec, cfg, progress))
+    say = _announcer(progress)
+    for i, spec in enumerate(models, 1):
+        t0 = time.perf_counter()
+        say(f"eval {i}/{len(models)}: {spec}")
+        row = _isolated(spec, cfg) if cfg.isolate else evaluate_one(spec, cfg, progress)
+        rows.append(row)
+        speed = f", {row['decode_tok_s']:.1f} tok/s" if row.get("decode_tok_s") else ""
+        ppl = f"ppl {row['ppl']:.2f}" if row.get("ppl") is not None else "done"
+        say(f"  {ppl}{speed} ({time.perf_counter() - t0:.0f} s)")
     return {"models": rows, "config": cfg.model_dump()}
+
+
+def _announcer(enabled: bool):
+    """Plain progress lines on stderr (one per model; isolated children draw no bars)."""
+    if not enabled:
+        return lambda _msg: None
+    from rich.console import Console
+    console = Console(stderr=True, highlight=False)
+    return lambda msg: console.print(msg)
