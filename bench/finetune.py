@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from slmkit.paths import peak_rss
 import statistics
 import subprocess
 import sys
@@ -30,11 +29,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MODEL = "smollm2-135m"
 BATCH, SEQ = 4, 512
+from slmkit.paths import peak_rss  # noqa: E402
+
 VARIANTS = ("peft-fp32", "peft-bf16", "slm-lora", "slm-lora-eager", "slm-qlora")
-
-
-def _peak_rss() -> int:
-    return peak_rss()
 
 
 def plain_peft(steps: int, bf16: bool) -> dict:
@@ -59,7 +56,7 @@ def plain_peft(steps: int, bf16: bool) -> dict:
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t0)
-    return {"tokens_per_s": BATCH * SEQ * steps / sum(times[1:]), "peak_rss": _peak_rss(),
+    return {"tokens_per_s": BATCH * SEQ * steps / sum(times[1:]), "peak_rss": peak_rss(),
             "first_step_s": times[0]}
 
 
@@ -76,7 +73,7 @@ def slm_finetune(steps: int, method: str, compile_: bool = True) -> dict:
     # the plain loops, from the per-step times the loop records
     rows = rep["loss_curve"][1:]
     tps = (rows[-1]["tokens"] - rep["loss_curve"][0]["tokens"]) / sum(r["step_s"] for r in rows)
-    return {"tokens_per_s": tps, "peak_rss": _peak_rss(), "train_time_s": rep["train_time_s"],
+    return {"tokens_per_s": tps, "peak_rss": peak_rss(), "train_time_s": rep["train_time_s"],
             "first_step_s": rep["loss_curve"][0]["step_s"]}
 
 

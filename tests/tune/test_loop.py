@@ -101,7 +101,7 @@ def test_grad_checkpointing_keeps_the_curve(tmp_path):
 def test_compiled_layers_keep_the_curve_and_are_undone(tmp_path):
     """torch.compile of the decoder layers: same losses as eager, eval runs eager, and
     the model is plain again afterwards (saving, merging and inference see no wrapper)."""
-    from slmkit.tune.loop import decoder_layers, should_compile
+    from slmkit.tune.loop import all_decoder_layers, should_compile
     cfg = dict(max_steps=3, bf16=False, shuffle=False)
     a = train(tiny_slm("llama").model, _batches(), causal_lm_loss, _cfg(**cfg), tmp_path / "a",
               progress=False)
@@ -119,7 +119,7 @@ def test_compiled_layers_keep_the_curve_and_are_undone(tmp_path):
     assert counters["stats"]["unique_graphs"] >= 1            # the layers did run compiled
     assert [r["loss"] for r in b.loss_curve] == pytest.approx([r["loss"] for r in a.loss_curve],
                                                               rel=1e-4)
-    layers = decoder_layers(model)
+    layers = all_decoder_layers(model)
     assert len(layers) == model.config.num_hidden_layers
     assert all(layer._compiled_call_impl is None for layer in layers)
     assert seen and not any(seen)

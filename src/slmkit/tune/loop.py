@@ -243,21 +243,25 @@ def enable_grad_checkpointing(model: nn.Module) -> int:
     return n
 
 
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The decoder layers of every HF backbone inside ``model`` (PEFT layers included)."""
+def all_decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder layers of every HF CausalLM inside ``model`` (a PEFT model, or a
+    wrapper holding a student), found through the architecture table."""
+    from transformers import PreTrainedModel
+
+    from ..models.arch import ARCHS, decoder_layers
     found = []
     for m in model.modules():
-        layers = getattr(m, "layers", None)
-        if isinstance(layers, nn.ModuleList) and hasattr(m, "embed_tokens"):
-            found.extend(layers)
+        if (isinstance(m, PreTrainedModel) and getattr(m.config, "model_type", None) in ARCHS
+                and m.get_output_embeddings() is not None):       # the CausalLM, not its backbone
+            found.extend(decoder_layers(m))
     return found
 
 
 def should_compile(model: nn.Module, cfg: "TrainConfig") -> bool:
     if cfg.compile is not None:
         return cfg.compile
-    n = sum(p.numel() for p in model.parameters())
-    return n >= COMPILE_MIN_PARAMS and cfg.max_steps * cfg.grad_accum >= COMPILE_MIN_STEPS
+    from ..models.io import count_params
+    return count_params(model) >= COMPILE_MIN_PARAMS and cfg.max_steps * cfg.grad_accum >= COMPILE_MIN_STEPS
 
 
 @contextmanager
@@ -267,7 +271,7 @@ def compiled_layers(model: nn.Module, enabled: bool):
     If compiling fails (no C compiler, an unsupported op), dynamo falls back to eager
     for that layer and training goes on at eager speed.
     """
-    layers = decoder_layers(model) if enabled else []
+    layers = all_decoder_layers(model) if enabled else []
     if not layers:
         yield 0
         return

@@ -16,6 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...errors import SlmError
+from ...models.io import tensor_bytes as model_bytes  # in memory, tied tensors once
+from ...paths import peak_rss
 from .formats import FORMATS, get_format
 from .qlinear import QUANT_KEY, QuantLinear, dequantize_model, quant_linears, set_module
 
@@ -53,10 +55,6 @@ class QuantizeConfig(BaseModel):
         return v
 
 
-def model_bytes(model: torch.nn.Module) -> int:
-    """Bytes of parameters and buffers in memory, tied tensors counted once."""
-    from ...models.io import tensor_bytes
-    return tensor_bytes(model)
 
 
 def mark_quantized(model: torch.nn.Module, cfg: QuantizeConfig) -> None:
@@ -112,11 +110,6 @@ def decode_speed(slm, n_tokens: int) -> float:
     return (stats.completion_tokens - 1) / stats.decode_s if stats.decode_s > 0 else 0.0
 
 
-def _peak_rss() -> int:
-    from ...paths import peak_rss
-    return peak_rss()
-
-
 def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
                  progress=None) -> dict:
     """Quantize ``model`` and save it to ``out`` (a directory), with ``report.json``.
@@ -149,7 +142,7 @@ def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
     mark_quantized(slm.model, cfg)
     report["quantize_s"] = round(time.perf_counter() - t0, 2)
     report["after"] = _measure(slm, held, cfg)
-    report["peak_rss_bytes"] = _peak_rss()
+    report["peak_rss_bytes"] = peak_rss()
     if held is not None:
         report["ppl_increase_pct"] = round(100 * (report["after"]["ppl"] / before["ppl"] - 1), 3)
     step = {"step": "quantize", "config": cfg.model_dump(), "report": report}
