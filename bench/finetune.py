@@ -117,7 +117,9 @@ def ppl(args) -> None:
     """Held-out python-docs perplexity before/after LoRA and full fine-tuning."""
     from slmkit.tune.finetune import FinetuneConfig, run_finetune
     rows = []
-    for method, lr in (("lora", args.lora_lr), ("full", args.full_lr)):
+    lrs = {"lora": args.lora_lr, "full": args.full_lr}
+    for method in args.methods.split(","):
+        lr = lrs[method]
         with tempfile.TemporaryDirectory() as d:
             cfg = FinetuneConfig(data="python-docs", method=method, lr=lr, seq_len=SEQ,
                                  batch_size=BATCH, max_tokens=args.tokens,
@@ -184,6 +186,7 @@ def main() -> None:
     p.add_argument("--full-lr", type=float, default=5e-5)
     p.add_argument("--val-blocks", type=int, default=16, help="held-out 512-token blocks scored")
     p.add_argument("--eval-every", type=int, default=0, help="steps between evals (0: ~8/run)")
+    p.add_argument("--methods", default="lora,full", help="comma list out of lora,full")
     e = sub.add_parser("eda")
     e.add_argument("--slice", type=float, default=0.05)
     e.add_argument("--n", type=int, default=4)

@@ -60,6 +60,8 @@ def main():
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--no-gptq", action="store_true", help="leave out the GPTQ rows")
     ap.add_argument("--reuse", action="store_true", help="reuse outputs already in --workdir")
+    ap.add_argument("--gptq-variants", action="store_true",
+                    help="add GPTQ rows with activation order, symmetric and asymmetric")
     args = ap.parse_args()
     import slmkit
     from slmkit.compress.quantize import QuantizeConfig, run_quantize
@@ -75,10 +77,17 @@ def main():
     quant = {"int8 RTN (per-channel)": dict(method="rtn", bits=8, group_size=-1),
              "int4 RTN g128": dict(method="rtn", bits=4, group_size=128),
              "int4 GPTQ g128": dict(method="gptq", bits=4, group_size=128)}
+    if args.gptq_variants:
+        quant["int4 GPTQ g128 act-order"] = dict(method="gptq", bits=4, group_size=128,
+                                                 act_order=True)
+        quant["int4 GPTQ g128 asym act-order"] = dict(method="gptq", bits=4, group_size=128,
+                                                      act_order=True, sym=False)
     if args.no_gptq:
-        del quant["int4 GPTQ g128"]
+        quant = {k: v for k, v in quant.items() if v["method"] != "gptq"}
     for name, q in quant.items():
         out = work / name.split()[0] / q["method"]
+        if q.get("act_order") or q.get("sym") is False:
+            out = work / "-".join(name.split()[2:])
         if args.reuse and (out / "report.json").exists():
             rep = json.loads((out / "report.json").read_text())
         else:

@@ -261,16 +261,15 @@ def score(shape: Shape, q: QuantType) -> float:
 
 def predict_gguf(path: str | Path, probe: Probe, position: int = 64) -> dict:
     """Predicted decode tokens/s of an actual GGUF file, from its real tensor sizes."""
-    from gguf import GGUFReader
-    reader = GGUFReader(str(path))
-    arch = str(reader.fields["general.architecture"].contents())
-    meta = {k.split(".", 1)[1]: f.contents() for k, f in reader.fields.items()
-            if k.startswith(arch + ".")}
-    emb = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    has_out = any(t.name == "output.weight" for t in reader.tensors)
-    total = sum(int(t.n_bytes) for t in reader.tensors)
-    read = total - (int(emb.n_bytes) if has_out else 0)
-    params = sum(int(t.n_elements) for t in reader.tensors)
+    from .models.gguf_meta import read_header
+    header = read_header(path)
+    arch = str(header.metadata["general.architecture"])
+    meta = {k.split(".", 1)[1]: v for k, v in header.metadata.items() if k.startswith(arch + ".")}
+    emb = next(t for t in header.tensors if t.name == "token_embd.weight")
+    has_out = any(t.name == "output.weight" for t in header.tensors)
+    total = sum(t.n_bytes for t in header.tensors)
+    read = total - (emb.n_bytes if has_out else 0)
+    params = sum(math.prod(t.shape) for t in header.tensors)
     heads = int(meta["attention.head_count"])
     head_dim = int(meta.get("attention.key_length") or int(meta["embedding_length"]) // heads)
     window = int(meta.get("attention.sliding_window") or 0)

@@ -8,8 +8,8 @@ import pytest
 from slmkit.pipeline.build import Build, _prepare_work
 from slmkit.pipeline.recipe import load_recipe
 
-STEP_DIRS = ["00-base", "01-finetune", "02-prune", "03-distill", "04-quantize", "05-export",
-             "06-eval"]
+STEP_DIRS = ["00-base", "01-finetune", "02-vocab", "03-prune", "04-distill", "05-quantize",
+             "06-export", "07-eval"]
 
 
 class Stop(Exception):
@@ -41,13 +41,13 @@ def run(tmp_path_factory):
 
 
 def test_interrupted_build_kept_finished_steps_only(run):
-    assert {"00-base", "01-finetune", "02-prune"} <= run["first"]
-    assert not {"03-distill", "04-quantize", "05-export", "06-eval"} & run["first"]
+    assert {"00-base", "01-finetune", "02-vocab", "03-prune"} <= run["first"]
+    assert not {"04-distill", "05-quantize", "06-export", "07-eval"} & run["first"]
 
 
 def test_resumed_build_skips_what_was_done(run):
     st = statuses(run["build"])
-    assert st == {"base": "skipped", "finetune": "skipped", "prune": "skipped",
+    assert st == {"base": "skipped", "finetune": "skipped", "vocab": "skipped", "prune": "skipped",
                   "distill": "ran", "quantize": "ran", "export": "ran", "eval": "ran"}
 
 
@@ -56,21 +56,27 @@ def test_every_step_wrote_its_artifact_dir(run):
     for d in STEP_DIRS:
         rec = json.loads((out / d / "step.json").read_text())
         assert rec["status"] == "done" and len(rec["key"]) == 64
-    for d in STEP_DIRS[:5]:
+    for d in STEP_DIRS[:6]:
         assert (out / d / "config.json").exists() and list((out / d).glob("*.safetensors"))
         assert (out / d / "slmkit.json").exists()
-    for d in STEP_DIRS[1:5]:
+    for d in STEP_DIRS[1:6]:
         assert (out / d / "report.json").exists()
-    assert (out / "05-export" / "model.gguf").read_bytes()[:4] == b"GGUF"
+    assert (out / "06-export" / "model.gguf").read_bytes()[:4] == b"GGUF"
     assert not any((out / ".work").iterdir())          # no partial outputs or checkpoints left
 
 
 def test_report_numbers_match_the_artifacts(run):
     out, report = run["out"], run["report"]
     rows = {r["stage"]: r for r in report["stages"]}
-    assert list(rows) == ["base", "finetune", "prune", "distill", "quantize", "export"]
-    assert rows["prune"]["params"] < 0.75 * rows["finetune"]["params"]   # target 0.7
-    assert rows["export"]["bytes"] == (out / "05-export" / "model.gguf").stat().st_size
+    assert list(rows) == ["base", "finetune", "vocab", "prune", "distill", "quantize", "export"]
+    assert rows["vocab"]["params"] < rows["finetune"]["params"]
+    assert rows["prune"]["params"] < 0.75 * rows["vocab"]["params"]   # target 0.7
+    assert rows["export"]["bytes"] == (out / "06-export" / "model.gguf").stat().st_size
+    # one perplexity scale: per token of the base tokenizer, on the same characters
+    assert report["stages"][0]["ppl"] == pytest.approx(rows["base"]["ppl_own_tokens"])
+    assert len({r["ppl_ref_tokens"] for r in rows.values()}) == 1
+    assert rows["vocab"]["ppl_tokens"] > rows["vocab"]["ppl_ref_tokens"]
+    assert rows["finetune"]["ppl_tokens"] == rows["finetune"]["ppl_ref_tokens"]
     assert rows["export"]["engine"] == "llama.cpp" and rows["base"]["engine"] == "pytorch"
     for r in rows.values():
         assert 1 < r["ppl"] < 1e4 and math.isfinite(r["ppl_general"])
@@ -82,7 +88,7 @@ def test_report_numbers_match_the_artifacts(run):
     assert on_disk["stages"] == json.loads(json.dumps(report["stages"]))
     assert set(report["loss_curves"]) == {"finetune", "distill"}
     assert report["samples"][0]["prompt"] == "def add(a, b):"
-    assert report["commands"]["chat"].endswith("05-export/model.gguf")
+    assert report["commands"]["chat"].endswith("06-export/model.gguf")
 
 
 def test_rerun_does_nothing(run):
@@ -97,13 +103,14 @@ def test_rerun_does_nothing(run):
 
 def test_deleted_step_reruns_alone(run):
     out = run["out"]
-    old_hash = json.loads((out / "04-quantize" / "step.json").read_text())["artifact_hash"]
-    shutil.rmtree(out / "04-quantize")
+    old_hash = json.loads((out / "05-quantize" / "step.json").read_text())["artifact_hash"]
+    shutil.rmtree(out / "05-quantize")
     build = Build(run["recipe"], out)
     build.run()
     st = statuses(build)
     assert st["quantize"] == "ran"
-    assert all(st[n] == "skipped" for n in ("base", "finetune", "prune", "distill", "export"))
+    assert all(st[n] == "skipped" for n in ("base", "finetune", "vocab", "prune", "distill",
+                                            "export"))
     same = build.results["quantize"].artifact_hash == old_hash
     assert st["eval"] == ("skipped" if same else "ran")
 

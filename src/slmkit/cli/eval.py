@@ -51,6 +51,7 @@ def eval_cmd(
     stride: int = typer.Option(256, help="Perplexity window stride in tokens."),
     max_eval_tokens: int = typer.Option(8192, help="Score at most this many tokens (0 = all)."),
     gen_tokens: int = typer.Option(64, help="Tokens to generate when timing decode."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Model whose tokenizer picks the text and counts its tokens; perplexity is then per reference token, so models with different vocabularies (e.g. after `slm prune --method vocab`) compare."),
     no_speed: bool = typer.Option(False, "--no-speed", help="Skip the speed measurement."),
     no_isolate: bool = typer.Option(False, "--no-isolate", help="Measure all models in this process (peak memory then accumulates)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -62,13 +63,15 @@ def eval_cmd(
     generation. Each model runs in its own process.
 
     Example: slm eval smollm2-135m runs/demo/05-export/model.gguf --data python-docs --task my_quiz.jsonl
+
+    Example: slm eval smollm2-135m runs/vocab8k --reference smollm2-135m
     """
     from ..evaluate import EvalConfig, run_eval
     from ..pipeline_util import config_from_options
     cfg = config_from_options(EvalConfig, data=data, split=split, general_data=general_data,
                               task=task, engine=engine, max_length=max_length, stride=stride,
                               max_eval_tokens=max_eval_tokens or None, gen_tokens=gen_tokens,
-                              speed=not no_speed, isolate=not no_isolate)
+                              speed=not no_speed, isolate=not no_isolate, reference=reference)
     result = run_eval(models, cfg, progress=not json_out)
     if json_out:
         print_json(result)

@@ -12,7 +12,7 @@ from .app import app, console, print_json
 def prune_cmd(
     model: str = typer.Argument(..., help="Model: built-in name, HF directory or .gguf file."),
     out: str = typer.Option(..., "--out", "-o", help="Output directory (written complete or not at all)."),
-    method: str = typer.Option("sparsegpt", "--method", "-m", help="magnitude, wanda, sparsegpt (zero weights) or depth, width (remove structure)."),
+    method: str = typer.Option("sparsegpt", "--method", "-m", help="magnitude, wanda, sparsegpt (zero weights), depth, width (remove structure) or vocab (drop tokens the domain does not use)."),
     sparsity: Optional[float] = typer.Option(None, "--sparsity", "-s", help="Fraction of weights to zero in each Linear, in (0, 1)."),
     pattern: Optional[str] = typer.Option(None, "--pattern", help="N:M semi-structured sparsity, e.g. 2:4."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="depth/width: parameters to keep, a fraction (0.7) or a count (90M)."),
@@ -21,6 +21,8 @@ def prune_cmd(
     seqlen: int = typer.Option(512, help="Tokens per calibration sequence."),
     batch_size: int = typer.Option(8, help="Calibration sequences per forward pass."),
     iterative: bool = typer.Option(False, "--iterative", help="depth: re-measure layer influence after each removal."),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="vocab: tokens to keep at most (byte alphabet and special tokens, then the domain's by frequency, then the most general); default: every domain token."),
+    min_count: int = typer.Option(1, "--min-count", help="vocab: times a token must occur in --calib to count as a domain token."),
     bf16_calib: bool = typer.Option(False, "--bf16-calib", help="wanda/sparsegpt: calibration forward passes in bf16 autocast (faster on CPU)."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out text for perplexity (val split); default: --calib."),
     eval_tokens: int = typer.Option(8192, help="Held-out tokens scored before and after (0 skips)."),
@@ -31,8 +33,13 @@ def prune_cmd(
 
     Unstructured and N:M pruning zero weights (same size and speed without sparse
     kernels); depth and width pruning give a smaller, faster ordinary HF model.
+    Vocab trimming keeps the tokens --calib uses (plus the byte alphabet and special
+    tokens) and drops the other embedding rows; perplexity is then reported per token
+    of the original tokenizer, so before and after compare.
 
     Example: slm prune smollm2-135m --method sparsegpt --sparsity 0.5 --calib python-docs --out runs/sgpt50
+
+    Example: slm prune smollm2-135m --method vocab --vocab-size 8192 --calib python-docs --out runs/vocab8k
     """
     from ..compress.prune import PruneConfig, run_prune
     from ..compress.prune.report import print_report
@@ -41,6 +48,7 @@ def prune_cmd(
     cfg = config_from_options(PruneConfig, method=method, sparsity=sparsity, pattern=pattern,
                               target=target, calib=calib, nsamples=nsamples, seqlen=seqlen,
                               batch_size=batch_size, iterative=iterative, calib_autocast=bf16_calib,
+                              vocab_size=vocab_size, min_count=min_count,
                               eval_data=eval_data,
                               eval_tokens=eval_tokens, overwrite=force)
     with progress_bar(f"{method} layers", total=None, enabled=not json_out) as bar:

@@ -7,6 +7,8 @@ full window of logits, comes after that reading.
 """
 from __future__ import annotations
 
+import json
+import math
 import multiprocessing as mp
 import time
 import traceback
@@ -22,8 +24,8 @@ from .choice import accuracy, read_task
 from .perplexity import perplexity
 from .speed import measure_speed
 
-__all__ = ["EvalConfig", "accuracy", "engine_tokens", "evaluate_one", "measure_speed", "perplexity",
-           "read_task", "run_eval"]
+__all__ = ["EvalConfig", "EvalText", "accuracy", "engine_tokens", "eval_text", "evaluate_one",
+           "measure_speed", "perplexity", "read_task", "run_eval", "text_perplexity"]
 
 
 class EvalConfig(BaseModel):
@@ -43,6 +45,9 @@ class EvalConfig(BaseModel):
     gen_tokens: int = Field(64, gt=1)
     speed: bool = True
     isolate: bool = True
+    reference: str | None = Field(
+        None, description="model whose tokenizer picks the text and counts its tokens: "
+        "perplexity is then per reference token, comparable across vocabularies")
 
     @field_validator("data", "general_data", "task")
     @classmethod
@@ -65,6 +70,58 @@ def engine_tokens(engine, spec: str, split: str, limit: int | None) -> list[int]
     return ids[:limit] if limit else ids
 
 
+class EvalText(BaseModel):
+    """Evaluation text fixed by a reference tokenizer: the same characters for every model.
+
+    Attributes:
+        texts: record texts, the last one cut at a reference token boundary.
+        ref_tokens: tokens the reference tokenizer makes of them (one EOS per record).
+    """
+
+    texts: list[str]
+    ref_tokens: int
+
+
+def eval_text(tok, spec: str, split: str, limit: int | None) -> EvalText:
+    """The records of a corpus split up to ``limit`` tokens of the HF tokenizer ``tok``."""
+    from ..data import load_split, record_text
+
+    def count(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    texts, n = [], 0
+    for rec in load_split(spec, split):
+        text = record_text(rec)
+        ids = count(text)
+        if limit and n + len(ids) + 1 > limit:
+            if limit - n > 1:
+                texts.append(tok.decode(ids[:limit - n - 1], clean_up_tokenization_spaces=False))
+            break
+        texts.append(text)
+        n += len(ids) + 1
+    return EvalText(texts=texts, ref_tokens=sum(len(count(t)) + 1 for t in texts))
+
+
+def text_perplexity(engine, text: EvalText, max_length: int = 512, stride: int = 256,
+                    progress: bool = True) -> dict:
+    """Perplexity of ``engine`` on ``text`` per reference token, and per its own token.
+
+    The summed negative log-likelihood of the same characters is divided by the
+    reference tokenizer's count, so a model with another vocabulary (more, shorter
+    tokens) is measured on the same scale; with the reference's own tokenizer both
+    figures agree.
+    """
+    eos = min(engine.eos_ids) if engine.eos_ids else None
+    ids: list[int] = []
+    for t in text.texts:
+        ids += engine.tokenize(t, special=False) + ([eos] if eos is not None else [])
+    r = perplexity(engine, ids, max_length, stride, progress)
+    nll_sum = r["nll"] * r["tokens"]
+    ref_scored = max(text.ref_tokens - 1, 1)
+    return {"ppl": math.exp(nll_sum / ref_scored), "ppl_own_tokens": r["ppl"],
+            "tokens": r["tokens"], "ref_tokens": ref_scored}
+
+
 def _model_size(engine, spec) -> tuple[int, int]:
     """(parameters, bytes on disk) of the artifact the engine runs."""
     from ..models.io import count_params, dir_bytes
@@ -75,8 +132,13 @@ def _model_size(engine, spec) -> tuple[int, int]:
     return n, Path(engine.path).stat().st_size
 
 
-def evaluate_one(spec, cfg: EvalConfig, progress: bool = True) -> dict:
-    """Measure one model (a spec string) in this process."""
+def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
+                 texts: dict[str, EvalText] | None = None) -> dict:
+    """Measure one model (a spec string) in this process.
+
+    ``texts`` (from ``reference_texts``) fixes the perplexity text by characters; without
+    it the model's own tokenizer picks ``max_eval_tokens`` tokens.
+    """
     from ..engines import open_engine
     rss0 = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
@@ -90,8 +152,16 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True) -> dict:
         row.update(measure_speed(engine, prompt, cfg.gen_tokens))
     row["rss_before_load"] = rss0
     row["peak_rss"] = peak_rss()
-    row.update({f"{k}": v for k, v in _ppl(engine, ids, cfg, progress).items()})
-    if cfg.general_data:
+    if texts:
+        r = text_perplexity(engine, texts["data"], cfg.max_length, cfg.stride, progress)
+        row.update(ppl=r["ppl"], ppl_own_tokens=r["ppl_own_tokens"], ppl_tokens=r["tokens"],
+                   ppl_ref_tokens=r["ref_tokens"])
+    else:
+        row.update({f"{k}": v for k, v in _ppl(engine, ids, cfg, progress).items()})
+    if cfg.general_data and texts:
+        r = text_perplexity(engine, texts["general"], cfg.max_length, cfg.stride, progress)
+        row.update(ppl_general=r["ppl"], ppl_general_own_tokens=r["ppl_own_tokens"])
+    elif cfg.general_data:
         gen_ids = engine_tokens(engine, cfg.general_data, cfg.split, cfg.max_eval_tokens)
         row["ppl_general"] = perplexity(engine, gen_ids, cfg.max_length, cfg.stride, progress)["ppl"]
     if cfg.task:
@@ -104,20 +174,35 @@ def _ppl(engine, ids, cfg: EvalConfig, progress: bool) -> dict:
     return {"ppl": r["ppl"], "ppl_tokens": r["tokens"]}
 
 
-def _child(spec, cfg_json: str, queue) -> None:
+def reference_texts(cfg: EvalConfig) -> dict[str, EvalText] | None:
+    """The texts every model is scored on when ``cfg.reference`` is set."""
+    if not cfg.reference:
+        return None
+    from ..models.io import load_tokenizer
+    tok = load_tokenizer(cfg.reference)
+    out = {"data": eval_text(tok, cfg.data, cfg.split, cfg.max_eval_tokens)}
+    if cfg.general_data:
+        out["general"] = eval_text(tok, cfg.general_data, cfg.split, cfg.max_eval_tokens)
+    return out
+
+
+def _child(spec, cfg_json: str, texts_json: str, queue) -> None:
     try:
+        texts = {k: EvalText.model_validate(v) for k, v in json.loads(texts_json).items()} \
+            if texts_json else None
         queue.put(("ok", evaluate_one(spec, EvalConfig.model_validate_json(cfg_json),
-                                      progress=False)))
+                                      progress=False, texts=texts)))
     except SlmError as exc:
         queue.put(("slm", exc.one_line()))
     except BaseException as exc:  # report, never hang the parent
         queue.put(("crash", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
 
 
-def _isolated(spec, cfg: EvalConfig) -> dict:
+def _isolated(spec, cfg: EvalConfig, texts: dict[str, EvalText] | None) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(str(spec), cfg.model_dump_json(), queue))
+    texts_json = json.dumps({k: v.model_dump() for k, v in texts.items()}) if texts else ""
+    proc = ctx.Process(target=_child, args=(str(spec), cfg.model_dump_json(), texts_json, queue))
     proc.start()
     while True:
         try:
@@ -146,10 +231,12 @@ def run_eval(models: list, cfg: EvalConfig, progress: bool = True) -> dict:
         raise SlmError("no model given", "name at least one model")
     rows = []
     say = _announcer(progress)
+    texts = reference_texts(cfg)
     for i, spec in enumerate(models, 1):
         t0 = time.perf_counter()
         say(f"eval {i}/{len(models)}: {spec}")
-        row = _isolated(spec, cfg) if cfg.isolate else evaluate_one(spec, cfg, progress)
+        row = _isolated(spec, cfg, texts) if cfg.isolate else evaluate_one(spec, cfg, progress,
+                                                                           texts)
         rows.append(row)
         speed = f", {row['decode_tok_s']:.1f} tok/s" if row.get("decode_tok_s") else ""
         ppl = f"ppl {row['ppl']:.2f}" if row.get("ppl") is not None else "done"

@@ -116,10 +116,13 @@ def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
 
 def _tensor_types(path: Path) -> dict[str, int]:
     """How many tensors of each GGML type a GGUF file holds."""
-    import gguf
+    from gguf import GGMLQuantizationType
+
+    from ..models.gguf_meta import read_header
     counts: dict[str, int] = {}
-    for t in gguf.GGUFReader(str(path)).tensors:
-        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    for t in read_header(path).tensors:
+        name = GGMLQuantizationType(t.type).name
+        counts[name] = counts.get(name, 0) + 1
     return counts
 
 

@@ -23,12 +23,12 @@ def pre_tokenizer_name(tok, source_gguf: str | None = None) -> str:
     recognised from ``tokenizer.json`` (plain ByteLevel is GPT-2's regex, "gpt-2").
     """
     if source_gguf:
+        from ..models.gguf_meta import read_header
         try:
-            r = gguf.GGUFReader(source_gguf)
-            f = r.fields.get(gguf.Keys.Tokenizer.PRE)
-            if f is not None:
-                return f.contents()
-        except (OSError, ValueError):
+            pre = read_header(source_gguf).metadata.get(gguf.Keys.Tokenizer.PRE)
+            if isinstance(pre, str):
+                return pre
+        except (OSError, ValueError, EOFError):
             pass
     pre = json.dumps(_tokenizer_json(tok).get("pre_tokenizer"))
     for pat, name in _PRE_PATTERNS:

@@ -111,10 +111,9 @@ def check_gguf(path: Path) -> None:
         raise SlmError(f"{path} is not a GGUF file (bad magic bytes)",
                        "pass a .gguf file written by llama.cpp, slmkit or gguf-py")
     try:
-        from gguf import GGUFReader
-        reader = GGUFReader(str(path))
-        end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
-    except Exception as exc:  # gguf raises many kinds on corrupt input
+        from .gguf_meta import read_header
+        end = read_header(path).data_end
+    except Exception as exc:  # any parse failure means a corrupt header
         raise SlmError(f"{path} is corrupt or truncated ({type(exc).__name__})",
                        "re-download or re-export it") from exc
     if end > size:
@@ -175,6 +174,20 @@ def load(spec: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> SLM:
         return _load_hub(s, dtype)
     raise SlmError(f"model '{s}' not found: no such file or directory, and not a built-in name",
                    f"use a path or one of: {', '.join(CATALOG)}")
+
+
+def load_tokenizer(spec: str | os.PathLike):
+    """The HF tokenizer of a model spec, without loading weights where possible."""
+    from transformers import AutoTokenizer
+
+    from .catalog import CATALOG
+    s = str(spec)
+    path = Path(s).expanduser()
+    if s in CATALOG and (cache_dir() / "models" / s / META_FILE).exists():
+        path = cache_dir() / "models" / s
+    if path.is_dir() and (path / "config.json").exists():
+        return AutoTokenizer.from_pretrained(path)
+    return load(spec).tokenizer
 
 
 def _load_dir(path: Path, dtype: torch.dtype, spec: str) -> SLM:

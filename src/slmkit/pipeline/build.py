@@ -242,6 +242,8 @@ class Build:
     def _eval(self, i: int, cfg) -> dict:
         """Evaluate every stage so far (base first), side by side."""
         stages = self._stages(i)
+        if cfg.reference is None and "base" in self.results:   # one scale for every vocabulary
+            cfg = cfg.model_copy(update={"reference": self.results["base"].artifact})
         report = self.recipe.steps[i].kind.run_function()([r.artifact for r in stages], cfg)
         for row, r in zip(report["models"], stages):
             row["stage"] = r.name

@@ -288,7 +288,10 @@ def _html_stages(rows: list[dict]) -> str:
         body.append(f"<tr><td>{html.escape(str(r.get('stage')))}</td>"
                     f"<td>{html.escape(str(r.get('engine', '')))}</td>{cells}</tr>")
     return (f"<table><tr><th>stage</th><th>engine</th>{head}</tr>{''.join(body)}</table>"
-            "<p>Perplexity: sliding window over held-out text; decode tokens/s: greedy, "
+            "<p>Perplexity: sliding window over the same held-out characters for every "
+            "stage, per token of the base model's tokenizer (a stage with a trimmed "
+            "vocabulary spends more, shorter tokens on the same text, and is charged for all "
+            "of them); decode tokens/s: greedy, "
             "one stream; peak memory: peak resident set size of the process that ran the "
             "model.</p>")
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from ...errors import SlmError
 from ...models.arch import decoder_layers, linear_layers
 from ...models.io import SLM, count_params, dir_bytes, load, replace_dir, save
-from . import depth, magnitude, sparsegpt, wanda, width
+from . import depth, magnitude, sparsegpt, vocab, wanda, width
 from .calib import calib_blocks, check_calib
 from .layerwise import layer_sparsity, prune_each, prune_layerwise
 from .mask import parse_pattern
@@ -24,6 +24,7 @@ from .report import SPARSE_NOTE, heldout_perplexity, sparse_format_bytes, state_
 
 UNSTRUCTURED = ("magnitude", "wanda", "sparsegpt")
 STRUCTURED = ("depth", "width")
+VOCAB = "vocab"
 Progress = Callable[[str, int, int], None]
 
 
@@ -31,7 +32,8 @@ class PruneConfig(BaseModel):
     """Options of one prune step (recipe step options are exactly these fields).
 
     Attributes:
-        method: magnitude | wanda | sparsegpt (zero weights) or depth | width (remove structure).
+        method: magnitude | wanda | sparsegpt (zero weights), depth | width (remove structure)
+            or vocab (drop the embedding rows of tokens the domain does not use).
         sparsity: fraction of weights to zero in every Linear of every decoder layer, in (0, 1).
         pattern: N:M semi-structured sparsity, e.g. "2:4" (keep 2 of every 4 inputs).
         target: parameters to keep (depth/width): a fraction in (0, 1) or a count ("70M", 70000000).
@@ -42,6 +44,9 @@ class PruneConfig(BaseModel):
         blocksize: SparseGPT columns per lazy-update block.
         damp: SparseGPT Hessian dampening, as a fraction of its mean diagonal.
         iterative: depth: re-measure layer influence after each removal.
+        vocab_size: vocab: tokens to keep at most (base and special tokens, then domain
+            tokens by frequency, then the most general ones); unset: every domain token.
+        min_count: vocab: occurrences in the calibration data that make a domain token.
         calib_autocast: Wanda/SparseGPT: run calibration forward passes in bf16 autocast
             (about 2x faster on CPU; statistics stay float32).
         eval_data: held-out text for perplexity (its val split); default: ``calib``.
@@ -52,7 +57,7 @@ class PruneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["magnitude", "wanda", "sparsegpt", "depth", "width"] = "sparsegpt"
+    method: Literal["magnitude", "wanda", "sparsegpt", "depth", "width", "vocab"] = "sparsegpt"
     sparsity: float | None = None
     pattern: str | None = None
     target: float | int | str | None = None
@@ -63,6 +68,8 @@ class PruneConfig(BaseModel):
     blocksize: int = 128
     damp: float = 0.01
     iterative: bool = False
+    vocab_size: int | None = None
+    min_count: int = 1
     calib_autocast: bool = False
     eval_data: str | None = None
     eval_tokens: int = 8192
@@ -84,7 +91,7 @@ class PruneConfig(BaseModel):
             raise ValueError(exc.one_line()) from None
         return v or None
 
-    @field_validator("nsamples", "seqlen", "batch_size", "blocksize")
+    @field_validator("nsamples", "seqlen", "batch_size", "blocksize", "min_count")
     @classmethod
     def _positive(cls, v):
         if v < 1:
@@ -102,6 +109,12 @@ class PruneConfig(BaseModel):
             if nm and self.sparsity is not None and abs(self.sparsity - (1 - nm[0] / nm[1])) > 1e-9:
                 raise ValueError(f"sparsity {self.sparsity} contradicts pattern {self.pattern} "
                                  f"(which means {1 - nm[0] / nm[1]:g}); give only one")
+        elif self.method == VOCAB:
+            if self.target is not None or self.sparsity is not None or self.pattern:
+                raise ValueError("vocab takes vocab_size (tokens to keep), not "
+                                 "target/sparsity/pattern")
+            if self.vocab_size is not None and self.vocab_size < 2:
+                raise ValueError(f"vocab_size must be at least 2, got {self.vocab_size}")
         else:
             if self.target is None:
                 raise ValueError(f"{self.method} needs target: a fraction of parameters to keep "
@@ -166,11 +179,11 @@ def _bytes_before(slm: SLM) -> int:
     return state_bytes(slm.model)
 
 
-def _ppl(slm: SLM, model, cfg: PruneConfig) -> float | None:
+def _ppl(slm: SLM, model, cfg: PruneConfig, reference=None) -> float | None:
     if cfg.eval_tokens <= 0:
         return None
     return heldout_perplexity(SLM(model, slm.tokenizer, slm.spec), cfg.eval_data or cfg.calib,
-                              cfg.eval_tokens)
+                              cfg.eval_tokens, reference=reference)
 
 
 def prune_model(model: torch.nn.Module, ids: torch.Tensor | None, cfg: PruneConfig,
@@ -223,6 +236,8 @@ def run_prune(model, out: str | os.PathLike, cfg: PruneConfig,
     params_before = count_params(torch_model)
     if cfg.method in STRUCTURED:
         parse_target(cfg.target, params_before)            # fail before any slow work
+    if cfg.method == VOCAB:
+        return _run_vocab(slm, out, cfg, t_start)
     ids = None
     if cfg.method != "magnitude":
         ids = calib_blocks(cfg.calib, slm.tokenizer, cfg.seqlen, cfg.nsamples)
@@ -248,8 +263,42 @@ def run_prune(model, out: str | os.PathLike, cfg: PruneConfig,
     return report
 
 
-def _write(slm: SLM, out: Path, cfg: PruneConfig, report: dict, t_start: float) -> None:
-    """Save model + report.json into a temporary directory, then rename it to ``out``."""
+def _run_vocab(slm: SLM, out: Path, cfg: PruneConfig, t_start: float) -> dict:
+    """The vocab method: trim embedding and tokenizer to the calibration data's tokens.
+
+    Perplexity before and after is per token of the original tokenizer on the same
+    characters (the trimmed tokenizer splits dropped tokens into pieces).
+    """
+    from ...data import load_split, record_text
+    texts = [record_text(r) for r in load_split(cfg.calib, "train")]
+    params_before = count_params(slm.model)
+    ref_tok = slm.tokenizer
+    ppl_before = _ppl(slm, slm.model, cfg, ref_tok)
+    t0 = time.perf_counter()
+    model, tok, info = vocab.prune(slm.model, slm.tokenizer, texts, vocab_size=cfg.vocab_size,
+                                   min_count=cfg.min_count)
+    prune_time = time.perf_counter() - t0
+    trimmed = SLM(model, tok, slm.spec, slm.meta, slm.path)
+    ppl_after = _ppl(trimmed, model, cfg, ref_tok)
+    kept = info.pop("kept_ids")
+    report = {
+        "method": cfg.method, "config": cfg.model_dump(), "source": str(slm.spec),
+        "params_before": params_before, "params_after": count_params(model),
+        "bytes_before": _bytes_before(slm), "bytes_after": None,
+        "ppl_before": ppl_before, "ppl_after": ppl_after, "eval_tokens": cfg.eval_tokens,
+        "ppl_per": "token of the original tokenizer",
+        "calib_tokens": sum(len(ref_tok(t, add_special_tokens=False)["input_ids"])
+                            for t in texts),
+        "prune_time_s": prune_time, "structure": info,
+    }
+    _write(trimmed, out, cfg, report, t_start, extra={"kept_ids.json": json.dumps(kept)})
+    return report
+
+
+def _write(slm: SLM, out: Path, cfg: PruneConfig, report: dict, t_start: float,
+           extra: dict[str, str] | None = None) -> None:
+    """Save model + report.json (+ ``extra`` files) into a temporary directory, then rename
+    it to ``out``."""
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -259,6 +308,8 @@ def _write(slm: SLM, out: Path, cfg: PruneConfig, report: dict, t_start: float) 
         report["bytes_after"] = dir_bytes(tmp)
         report["total_time_s"] = time.perf_counter() - t_start
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

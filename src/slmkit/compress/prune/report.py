@@ -14,12 +14,19 @@ SPARSE_NOTE = ("unstructured and N:M sparsity keep every weight's slot: the mode
 
 
 def heldout_perplexity(slm, data: str, max_tokens: int, max_length: int = 512,
-                       stride: int = 256) -> float:
+                       stride: int = 256, reference=None) -> float:
     """Perplexity of an in-memory SLM on the val split of ``data``, exactly as ``slm eval``
-    scores it (same tokens, sliding window of ``max_length`` moving by ``stride``)."""
+    scores it (same tokens, sliding window of ``max_length`` moving by ``stride``).
+
+    ``reference``: a tokenizer that picks the text and counts its tokens (``slm eval
+    --reference``), for models whose own vocabulary differs from it.
+    """
     from ...engines import open_engine
-    from ...evaluate import engine_tokens, perplexity
+    from ...evaluate import engine_tokens, eval_text, perplexity, text_perplexity
     engine = open_engine(slm, "pytorch")
+    if reference is not None:
+        text = eval_text(reference, data, "val", max_tokens)
+        return text_perplexity(engine, text, max_length, stride, progress=False)["ppl"]
     ids = engine_tokens(engine, data, "val", max_tokens)
     return perplexity(engine, ids, max_length=max_length, stride=stride, progress=False)["ppl"]
 
@@ -65,6 +72,13 @@ def print_report(report: dict, console) -> None:
         for r in report["layer_sparsity"]:
             lt.add_row(str(r["layer"]), f"{r['sparsity']:.4f}")
         console.print(lt)
+    if report["method"] == "vocab":
+        st = report["structure"]
+        console.print(f"vocabulary {st['vocab_size'][0]:,} -> {st['vocab_size'][1]:,} tokens "
+                      f"({st['domain_tokens']:,} used by the domain, covering "
+                      f"{st['domain_token_coverage']:.1%} of its tokens); merges "
+                      f"{st['merges'][0]:,} -> {st['merges'][1]:,}; perplexity per "
+                      "token of the original tokenizer")
     for k in ("removed_layers", "heads", "kv_heads", "intermediate_size"):
         if k in report.get("structure", {}):
             console.print(f"{k}: {report['structure'][k]}")

@@ -1,0 +1,222 @@
+"""Vocabulary trimming: keep the tokens a domain uses and drop the other embedding rows.
+
+In a small model the token embedding is a large share of the parameters
+(SmolLM2-135M: 28.3M of 134.5M for 49,152 tokens), yet one domain's text uses a
+few thousand of those tokens. Trimming keeps
+
+- every base token (the byte alphabet: any text stays encodable) and every added
+  (special) token,
+- the tokens that occur at least ``min_count`` times in the domain data, most
+  frequent first,
+- then, up to ``vocab_size`` in all, the most general remaining tokens (lowest
+  merge rank first),
+- each with the tokens it is merged from, so every kept token stays reachable.
+
+The tokenizer keeps exactly the merges whose parts and result are all kept,
+in their original order. Text the tokenizer used to encode with a dropped token
+is now encoded with its smaller pieces, so token counts change: compare models
+across tokenizers per original token (``slm eval --reference``), not per own token.
+
+Works for byte-level BPE tokenizers (GPT-2 style: SmolLM2, Qwen2, Llama 3).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...errors import SlmError
+from .rebuild import copy_config, rebuild
+
+_TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id",
+                  "decoder_start_token_id", "sep_token_id", "cls_token_id")
+
+
+def tokenizer_json(tok) -> dict:
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    if backend is None:
+        raise SlmError(f"tokenizer {type(tok).__name__} has no fast (tokenizers) backend",
+                       "vocabulary trimming needs a tokenizer.json-based tokenizer")
+    tj = json.loads(backend.to_str())
+    model = tj.get("model", {})
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        raise SlmError(f"vocabulary trimming supports byte-level BPE tokenizers; this one is "
+                       f"{model.get('type')} (byte_fallback={model.get('byte_fallback')})",
+                       "use --method width or depth for this model")
+    return tj
+
+
+def _merge_pairs(tj: dict) -> list[tuple[str, str]]:
+    return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m)
+            for m in tj["model"]["merges"]]
+
+
+def token_counts(tok, texts) -> Counter:
+    """How often each token id occurs in ``texts`` (special tokens not added)."""
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(tok(text, add_special_tokens=False)["input_ids"])
+    return counts
+
+
+def select_tokens(tj: dict, counts: Counter, vocab_size: int | None = None,
+                  min_count: int = 1) -> list[int]:
+    """Sorted ids of the tokens to keep (see the module docstring for the rule).
+
+    With ``vocab_size`` the result has at most that many tokens: after the base and
+    special tokens, domain tokens go in by frequency, then general ones by merge rank,
+    each together with the tokens it is merged from, while they fit.
+    """
+    vocab: dict[str, int] = tj["model"]["vocab"]
+    parents: dict[int, list[int]] = {}
+    for a, b in _merge_pairs(tj):
+        if a in vocab and b in vocab and a + b in vocab:
+            parents.setdefault(vocab[a + b], []).extend((vocab[a], vocab[b]))
+    special = {t["id"] for t in tj.get("added_tokens", [])}
+    keep: set[int] = set()
+    budget = vocab_size if vocab_size is not None else float("inf")
+
+    def closure(i: int) -> set[int]:
+        need, stack = set(), [i]
+        while stack:
+            t = stack.pop()
+            if t not in keep and t not in need:
+                need.add(t)
+                stack.extend(parents.get(t, ()))
+        return need
+
+    for i in sorted(set(vocab.values()) - set(parents)) + sorted(special):
+        keep |= closure(i)
+    if len(keep) > budget:
+        raise SlmError(f"vocab_size {vocab_size} is below the {len(keep)} base and special "
+                       "tokens every text needs", f"give at least {len(keep)}")
+    domain = sorted((i for i, n in counts.items() if n >= min_count and i in parents),
+                    key=lambda i: (-counts[i], i))
+    general = sorted(parents) if vocab_size is not None else []
+    for i in domain + general:               # frequent domain tokens, then by merge rank
+        if len(keep) >= budget:
+            break
+        need = closure(i)
+        if len(keep) + len(need) <= budget:
+            keep |= need
+    return sorted(keep)
+
+
+def _remap_ids(node, new_id: dict[int, int]):
+    """Token ids inside a post-processor (TemplateProcessing, RobertaProcessing) remapped."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k == "ids" and isinstance(v, list):
+                out[k] = [new_id[i] for i in v]
+            elif k in ("sep", "cls") and isinstance(v, list) and len(v) == 2:
+                out[k] = [v[0], new_id[v[1]]]
+            else:
+                out[k] = _remap_ids(v, new_id)
+        return out
+    if isinstance(node, list):
+        return [_remap_ids(v, new_id) for v in node]
+    return node
+
+
+def trim_tokenizer(tok, keep: list[int]):
+    """A new HF tokenizer with only the tokens ``keep`` (old ids), renumbered in order."""
+    from transformers import AutoTokenizer
+    tj = tokenizer_json(tok)
+    new_id = {old: new for new, old in enumerate(keep)}
+    vocab = tj["model"]["vocab"]
+    kept = {t: new_id[i] for t, i in vocab.items() if i in new_id}
+    tj["model"]["vocab"] = kept
+    tj["model"]["merges"] = [m for m, (a, b) in zip(tj["model"]["merges"], _merge_pairs(tj))
+                             if a in kept and b in kept and a + b in kept]
+    for t in tj.get("added_tokens", []):
+        t["id"] = new_id[t["id"]]
+    if tj.get("post_processor"):
+        tj["post_processor"] = _remap_ids(tj["post_processor"], new_id)
+    with tempfile.TemporaryDirectory() as d:
+        tok.save_pretrained(d)
+        (Path(d) / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+        for extra in ("vocab.json", "merges.txt"):       # slow-tokenizer files, now stale
+            (Path(d) / extra).unlink(missing_ok=True)
+        return AutoTokenizer.from_pretrained(d)
+
+
+def _embedding_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the input embedding and the output head (weight and bias)."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    keys = []
+    for name, mod in model.named_modules():
+        if mod is inp or (out is not None and mod is out):
+            keys += [f"{name}.{p}" for p, _ in mod.named_parameters(recurse=False)]
+    return keys
+
+
+def _map_id(value, new_id: dict[int, int]):
+    if isinstance(value, list):
+        mapped = [new_id[v] for v in value if v in new_id]
+        return mapped or None
+    return new_id.get(value) if value is not None else None
+
+
+def trim_model(model: nn.Module, keep: list[int]) -> nn.Module:
+    """A new model whose embedding (and untied head) hold only the rows ``keep``."""
+    rows = torch.tensor(keep)
+    state = dict(model.state_dict())
+    for k in _embedding_keys(model):
+        if k in state and state[k].shape[0] == model.config.vocab_size:
+            state[k] = state[k].index_select(0, rows).clone()
+    new_id = {old: new for new, old in enumerate(keep)}
+    changes = {"vocab_size": len(keep)}
+    for k in _TOKEN_ID_KEYS:
+        if getattr(model.config, k, None) is not None:
+            changes[k] = _map_id(getattr(model.config, k), new_id)
+    new = rebuild(model, copy_config(model, **changes), state)
+    gen = new.generation_config
+    for k in _TOKEN_ID_KEYS:
+        if getattr(gen, k, None) is not None:
+            setattr(gen, k, _map_id(getattr(gen, k), new_id))
+    return new
+
+
+def prune(model: nn.Module, tok, texts, *, vocab_size: int | None = None,
+          min_count: int = 1):
+    """Trim ``model`` and ``tok`` to the tokens ``texts`` use.
+
+    Args:
+        model: an HF CausalLM (left unchanged).
+        tok: its fast tokenizer.
+        texts: domain text (the calibration data's train split).
+        vocab_size: tokens to keep at most: base and special tokens, then domain tokens
+            by frequency, then the most general ones. ``None``: every domain token.
+        min_count: occurrences a token needs in ``texts`` to count as a domain token.
+
+    Returns:
+        (model, tokenizer, info) with the kept old ids in ``info["kept_ids"]``.
+    """
+    tj = tokenizer_json(tok)
+    n_vocab = model.config.vocab_size
+    if len(tj["model"]["vocab"]) + len(tj.get("added_tokens", [])) < 1:
+        raise SlmError("the tokenizer has no vocabulary", "check the model's tokenizer.json")
+    if vocab_size is not None and vocab_size >= n_vocab:
+        raise SlmError(f"vocab_size {vocab_size} is not smaller than the model's vocabulary "
+                       f"({n_vocab})", "give a smaller vocab_size")
+    counts = token_counts(tok, texts)
+    if not counts:
+        raise SlmError("the calibration data has no text to count tokens in",
+                       "give --calib a corpus or file with text")
+    keep = [i for i in select_tokens(tj, counts, vocab_size, min_count) if i < n_vocab]
+    new_tok = trim_tokenizer(tok, keep)
+    new = trim_model(model, keep)
+    domain = sum(1 for n in counts.values() if n >= min_count)
+    kept = set(keep)
+    covered = sum(n for i, n in counts.items() if i in kept)
+    return new, new_tok, {
+        "vocab_size": [n_vocab, len(keep)], "domain_tokens": domain,
+        "domain_token_coverage": covered / sum(counts.values()),
+        "merges": [len(tj["model"]["merges"]), len(tokenizer_json(new_tok)["model"]["merges"])],
+        "kept_ids": keep,
+    }
