@@ -63,3 +63,18 @@ def test_cli_bad_input_writes_nothing(tiny_dir, tmp_path):
     errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "does not divide" in errors[0], text
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_vocab_table_and_eval_reference(tiny_dir, tmp_path):
+    out = tmp_path / "v"
+    r = slm("prune", str(tiny_dir), "--method", "vocab", "--vocab-size", "400", "--out", str(out),
+            "--eval-tokens", "256")
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = " ".join(r.stdout.split())                       # rich wraps long lines
+    assert "vocabulary 512 -> 400 tokens" in text and "original tokenizer" in text
+    r = slm("eval", str(tiny_dir), str(out), "--reference", str(tiny_dir), "--max-eval-tokens",
+            "256", "--no-speed", "--no-isolate", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    base, small = json.loads(r.stdout)["models"]
+    assert base["ppl"] == pytest.approx(base["ppl_own_tokens"])
+    assert small["ppl_ref_tokens"] == base["ppl_ref_tokens"] < small["ppl_tokens"]

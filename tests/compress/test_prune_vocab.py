@@ -151,3 +151,11 @@ def test_vocab_size_not_smaller_writes_nothing(tmp_path):
         run_prune(tiny_slm("llama"), tmp_path / "v", PruneConfig(method="vocab", vocab_size=512,
                                                                   eval_tokens=0))
     assert not any(tmp_path.iterdir())
+
+
+def test_distill_from_untrimmed_teacher_names_the_fix(trimmed):
+    from slmkit.compress.distill import check_tokenizers
+    slm, _, tok, _ = trimmed
+    with pytest.raises(SlmError, match="trimmed copy of the teacher's.*prune --method vocab"):
+        check_tokenizers(slm.tokenizer, tok)
+    check_tokenizers(tok, tok)
