@@ -164,6 +164,8 @@ def print_summary(report: dict, console) -> None:
     for row in report["stages"]:
         t.add_row(row.get("stage", "?"), row.get("engine", ""),
                   *[fmt(k, row.get(k)) for k, _ in METRICS])
+    if any("ppl_ref_tokens" in r for r in report["stages"]):
+        t.caption = "perplexity per token of the base model's tokenizer, same text for every stage"
     console.print(t)
     c = report["comparison"]
     if c:
