@@ -54,3 +54,25 @@ def test_chat_page_streams_a_reply(server, browser_page):
     page.click("#clear")
     assert page.locator(".msg").count() == 0
     assert all(url.startswith(server.url) for url in requests)        # nothing external
+
+
+def test_clear_during_a_stream_forgets_that_turn(server, browser_page):
+    """Clear while a reply streams: the next message is sent without the cleared turn."""
+    import json
+    page = browser_page
+    bodies = []
+    page.on("request", lambda req: bodies.append(json.loads(req.post_data))
+            if req.url.endswith("/v1/chat/completions") else None)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model:has-text('tiny-llama')")
+    page.fill("#max-tokens", "400")                 # the server's limit: a few seconds
+    page.fill("#input", "first question")
+    page.click("#send")
+    page.wait_for_selector(".msg.assistant[data-pieces]", timeout=60_000)   # streaming now
+    page.click("#clear")
+    page.wait_for_selector("#send:not([disabled])", timeout=30_000)
+    page.fill("#max-tokens", "4")
+    page.fill("#input", "second question")
+    page.click("#send")
+    page.wait_for_selector(".msg.assistant .meta", timeout=60_000)
+    assert [m["content"] for m in bodies[-1]["messages"]] == ["second question"]

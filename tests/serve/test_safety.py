@@ -121,7 +121,8 @@ def test_chat_validation_400(server, patch, param):
 
 def test_malformed_bodies_do_not_crash(server):
     url = server.url + "/v1/completions"
-    for raw in (b"{not json", b"[1, 2]", b"\xff\xfe", b"", b"null", b'"str"'):
+    deep = b"[" * 30_000 + b"]" * 30_000                # nested past Python's recursion limit
+    for raw in (b"{not json", b"[1, 2]", b"\xff\xfe", b"", b"null", b'"str"', deep):
         assert_error(httpx.post(url, content=raw, timeout=30), 400)
     big = {"model": MODEL, "prompt": "x" * (70 * 1024)}
     assert_error(post(server, "/v1/completions", big), 413)

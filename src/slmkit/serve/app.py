@@ -180,6 +180,8 @@ async def _json(request: Request):
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "the request body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply") from None
 
 
 def _check_model(st: ServerState, name: str, param: str | None = "model") -> None:
