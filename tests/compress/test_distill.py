@@ -149,6 +149,28 @@ def test_cache_from_another_teacher_is_refused(files, tmp_path):
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
+def test_teacher_fingerprint_sees_a_change_anywhere(files, tmp_path):
+    from slmkit.compress.distill import teacher_files_fingerprint
+    import shutil
+    copy = tmp_path / "teacher"
+    shutil.copytree(files / "teacher", copy)
+    before = teacher_files_fingerprint(str(copy))
+    w = next(copy.glob("*.safetensors"))
+    data = bytearray(w.read_bytes())
+    data[len(data) // 2] ^= 1                      # one bit in the middle of the weights
+    w.write_bytes(bytes(data))
+    assert teacher_files_fingerprint(str(copy)) != before
+
+
+def test_larger_student_warns_when_training_from_the_cache(files, tmp_path):
+    cfg = _cfg(files, teacher_cache=str(tmp_path / "cache"), top_k=8, tokens=256)
+    run_distill(str(files / "student"), tmp_path / "a", cfg, progress=False)
+    big = tiny_slm("llama", seed=1, num_hidden_layers=3)
+    with pytest.warns(UserWarning, match="larger than the teacher"):
+        rep = run_distill(big, tmp_path / "b", cfg, progress=False)
+    assert rep["teacher_params"] is None                # the teacher was not loaded
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_different_tokenizer_is_refused(files, tmp_path):

@@ -32,7 +32,7 @@ def finetune_cmd(
     merge: bool = typer.Option(False, "--merge", help="Also write the merged standalone model."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the decoder layers (default: for models >= 50M params and runs >= 20 steps; ~40 s to compile, ~20% faster steps)."),
     seed: int = typer.Option(0, "--seed"),
-    no_resume: bool = typer.Option(False, "--no-resume", help="Start afresh even if checkpoints exist."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint in --out's work directory if there is one (the default), or start afresh."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
@@ -52,7 +52,7 @@ def finetune_cmd(
         FinetuneConfig, data=data, method=method, rank=rank, alpha=alpha, dropout=dropout,
         targets=tlist, quant_format=quant_format, lr=lr, epochs=epochs, max_tokens=max_tokens,
         seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, val_fraction=val_fraction,
-        eval_every=eval_every, patience=patience, merge=merge, seed=seed, resume=not no_resume,
+        eval_every=eval_every, patience=patience, merge=merge, seed=seed, resume=resume,
         compile=compile_)
     report = run_finetune(model, out, cfg, progress=not json_out, overwrite=force)
     if json_out:

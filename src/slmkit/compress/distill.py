@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from ..errors import SlmError
+from ..models.io import count_params
 from ..tune.losses import (IGNORE_INDEX, backbone_and_head, chunked_head_loss, fused_ce_kl,
                            hidden_states, shift_labels)
 
@@ -382,8 +383,8 @@ def weights_hash(model: nn.Module) -> str:
 
 
 def teacher_files_fingerprint(spec: str) -> str:
-    """Identity of a teacher from its files, without loading it: config.json and, for each
-    weights file, its size and first and last MiB (16 hex digits)."""
+    """Identity of a teacher from its files, without loading it: SHA-256 over config.json
+    and every weights file, whole (16 hex digits)."""
     from ..models.catalog import CATALOG
     from ..models.io import builtin_gguf
     path = builtin_gguf(spec) if spec in CATALOG else Path(spec).expanduser()
@@ -393,12 +394,10 @@ def teacher_files_fingerprint(spec: str) -> str:
         raise SlmError(f"teacher '{spec}' not found", "pass a model directory, .gguf or name")
     h = hashlib.sha256()
     for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
         with open(f, "rb") as fh:
-            h.update(fh.read(1 << 20))
-            fh.seek(max(0, size - (1 << 20)))
-            h.update(fh.read(1 << 20))
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
     return h.hexdigest()[:16]
 
 
@@ -472,7 +471,8 @@ def _make_cache(cfg, teacher_slm, blocks, t_fp, rank, world, progress) -> dict:
         tc.write_manifest(Path(cfg.teacher_cache), blocks, top_k=k, teacher_fp=t_fp,
                                 teacher_name=cfg.teacher,
                                 vocab_size=teacher_slm.model.config.vocab_size,
-                                extra={"vocab_fingerprint": vocab_fingerprint(teacher_slm.tokenizer)})
+                                extra={"vocab_fingerprint": vocab_fingerprint(teacher_slm.tokenizer),
+                                       "teacher_params": count_params(teacher_slm.model)})
     _barrier(world)
     return tc.read_manifest(Path(cfg.teacher_cache))
 
@@ -511,6 +511,11 @@ def setup_teacher(cfg: DistillConfig, student_slm, blocks, rank: int, world: int
     if man.get("vocab_fingerprint") not in (None, vocab_fingerprint(student_slm.tokenizer)):
         raise SlmError(f"teacher cache {root} was made with another tokenizer than the "
                        "student's", "use a student with the teacher's tokenizer")
+    if teacher is None and man.get("teacher_params"):     # the size check, without the teacher
+        ns = count_params(student_slm.model)
+        if ns > man["teacher_params"]:
+            warnings.warn(f"the student ({ns / 1e6:.1f}M params) is larger than the teacher "
+                          f"({man['teacher_params'] / 1e6:.1f}M)", stacklevel=2)
     info["cache"] = {k2: man[k2] for k2 in ("teacher", "teacher_fingerprint", "top_k",
                                              "n_blocks")}
     info["cache"]["bytes"] = sum(p.stat().st_size for p in root.glob("shard-*.safetensors"))
