@@ -149,7 +149,9 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
     ids = engine_tokens(engine, cfg.data, cfg.split, cfg.max_eval_tokens)
     if cfg.speed:
         prompt = (ids * (cfg.prompt_tokens // max(len(ids), 1) + 1))[: cfg.prompt_tokens]
-        row.update(measure_speed(engine, prompt, cfg.gen_tokens))
+        # llama.cpp runs are short and jittery on a shared machine: best of three
+        row.update(measure_speed(engine, prompt, cfg.gen_tokens,
+                                 repeats=3 if engine.name == "llama.cpp" else 2))
     row["rss_before_load"] = rss0
     row["peak_rss"] = peak_rss()
     if texts:
