@@ -87,3 +87,18 @@ def test_bad_bits_and_group_size():
     model = tiny_slm("llama").model
     with pytest.raises(SlmError, match="fewer than group size 256"):
         check_targets(model, 4, 256)                     # hidden size is 64
+
+
+def test_quantized_model_counts_its_weights():
+    import tempfile
+
+    import slmkit
+    from slmkit.compress.quantize import run_quantize
+    from slmkit.models.io import count_params
+    from slmkit.models.tiny import tiny_slm
+    slm = tiny_slm("llama")
+    before = count_params(slm.model)
+    with tempfile.TemporaryDirectory() as d:
+        run_quantize(slm, f"{d}/q", QuantizeConfig(method="rtn", bits=4, group_size=32,
+                                                   eval_tokens=0, speed_tokens=0))
+        assert count_params(slmkit.load(f"{d}/q").model) == before

@@ -58,8 +58,13 @@ def _unique(tensors):
 
 
 def count_params(model: torch.nn.Module) -> int:
-    """Parameters of ``model``, tied tensors counted once."""
-    return sum(p.numel() for p in _unique(model.parameters()))
+    """Parameters of ``model``, tied tensors counted once; a packed quantized Linear
+    counts its weights (inputs x outputs), not the integers that store them."""
+    n = sum(p.numel() for p in _unique(model.parameters()))
+    for m in model.modules():
+        if isinstance(getattr(m, "qweight", None), torch.Tensor):
+            n += m.in_features * m.out_features
+    return n
 
 
 def tensor_bytes(model: torch.nn.Module) -> int:
