@@ -199,8 +199,6 @@ def prune(model: nn.Module, tok, texts, *, vocab_size: int | None = None,
     """
     tj = tokenizer_json(tok)
     n_vocab = model.config.vocab_size
-    if len(tj["model"]["vocab"]) + len(tj.get("added_tokens", [])) < 1:
-        raise SlmError("the tokenizer has no vocabulary", "check the model's tokenizer.json")
     if vocab_size is not None and vocab_size >= n_vocab:
         raise SlmError(f"vocab_size {vocab_size} is not smaller than the model's vocabulary "
                        f"({n_vocab})", "give a smaller vocab_size")
