@@ -81,7 +81,11 @@ def plan_files(run: Path | None) -> dict[str, Path]:
         rep = json.loads((run / "report.json").read_text())
         for s in rep["steps"]:
             if s["artifact"] and str(s["artifact"]).endswith(".gguf"):
-                files[f"build: {s['name']}"] = Path(s["artifact"])
+                # paths in the report are as the build was called: relative to its cwd
+                path = Path(s["artifact"])
+                if not path.is_absolute():
+                    path = run / path.relative_to(rep["run_dir"])
+                files[f"build: {s['name']}"] = path
     return files
 
 
