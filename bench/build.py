@@ -118,11 +118,15 @@ def cmd_plan(args) -> None:
         points.append((pred["bytes_per_token"], pred["layers"], probe.bandwidth_gbs * 1e9,
                        measured[name]))
         rows.append((name, pred, measured[name]))
+    _plan_table(plan, rows)                        # the constants slmkit ships
     if args.fit:
         e, c = fit(points)
-        print(f"fit: EFFICIENCY = {e:.3f}, LAYER_OVERHEAD_S = {c:.2e}")
+        print(f"\nfit: EFFICIENCY = {e:.3f}, LAYER_OVERHEAD_S = {c:.2e}")
         plan.EFFICIENCY, plan.LAYER_OVERHEAD_S = e, c
-        rows = [(n, plan.predict_gguf(files[n], probe), m) for n, _, m in rows]
+        _plan_table(plan, [(n, plan.predict_gguf(files[n], probe), m) for n, _, m in rows])
+
+
+def _plan_table(plan, rows) -> None:
     print(f"constants: EFFICIENCY = {plan.EFFICIENCY}, LAYER_OVERHEAD_S = {plan.LAYER_OVERHEAD_S}")
     print("| GGUF | MB read/token | layers | predicted tok/s | measured tok/s | measured/predicted |")
     print("|---|---:|---:|---:|---:|---:|")
