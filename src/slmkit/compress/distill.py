@@ -351,14 +351,15 @@ def block_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, bf16:
 def check_tokenizers(teacher_tok, student_tok) -> None:
     """Teacher and student must map text to the same ids."""
     tv, sv = teacher_tok.get_vocab(), student_tok.get_vocab()
-    if tv != sv and set(sv) < set(tv):
+    if tv == sv:
+        return
+    if set(sv) < set(tv):
         raise SlmError(f"the student's vocabulary is a trimmed copy of the teacher's ({len(sv):,} "
                        f"of {len(tv):,} tokens)", "distil from the teacher after the same "
                        "`slm prune --method vocab` (in a recipe: teacher: <the vocab step>)")
-    if tv != sv:
-        raise SlmError("teacher and student use different tokenizers",
-                       "distil into a student made from the teacher (e.g. `slm prune`) or one "
-                       "with the same tokenizer; cross-tokenizer distillation is not supported")
+    raise SlmError("teacher and student use different tokenizers",
+                   "distil into a student made from the teacher (e.g. `slm prune`) or one "
+                   "with the same tokenizer; cross-tokenizer distillation is not supported")
 
 
 def check_sizes(teacher: nn.Module, student: nn.Module) -> None:

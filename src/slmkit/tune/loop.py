@@ -261,7 +261,8 @@ def should_compile(model: nn.Module, cfg: "TrainConfig") -> bool:
     if cfg.compile is not None:
         return cfg.compile
     from ..models.io import count_params
-    return count_params(model) >= COMPILE_MIN_PARAMS and cfg.max_steps * cfg.grad_accum >= COMPILE_MIN_STEPS
+    return (count_params(model) >= COMPILE_MIN_PARAMS
+            and cfg.max_steps * cfg.grad_accum >= COMPILE_MIN_STEPS)
 
 
 @contextmanager

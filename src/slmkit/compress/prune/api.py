@@ -280,15 +280,14 @@ def _run_vocab(slm: SLM, out: Path, cfg: PruneConfig, t_start: float) -> dict:
     prune_time = time.perf_counter() - t0
     trimmed = SLM(model, tok, slm.spec, slm.meta, slm.path)
     ppl_after = _ppl(trimmed, model, cfg, ref_tok)
-    kept = info.pop("kept_ids")
+    kept, calib_tokens = info.pop("kept_ids"), info.pop("calib_tokens")
     report = {
         "method": cfg.method, "config": cfg.model_dump(), "source": str(slm.spec),
         "params_before": params_before, "params_after": count_params(model),
         "bytes_before": _bytes_before(slm), "bytes_after": None,
         "ppl_before": ppl_before, "ppl_after": ppl_after, "eval_tokens": cfg.eval_tokens,
         "ppl_per": "token of the original tokenizer",
-        "calib_tokens": sum(len(ref_tok(t, add_special_tokens=False)["input_ids"])
-                            for t in texts),
+        "calib_tokens": calib_tokens,
         "prune_time_s": prune_time, "structure": info,
     }
     _write(trimmed, out, cfg, report, t_start, extra={"kept_ids.json": json.dumps(kept)})

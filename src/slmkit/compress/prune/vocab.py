@@ -195,7 +195,8 @@ def prune(model: nn.Module, tok, texts, *, vocab_size: int | None = None,
         min_count: occurrences a token needs in ``texts`` to count as a domain token.
 
     Returns:
-        (model, tokenizer, info) with the kept old ids in ``info["kept_ids"]``.
+        (model, tokenizer, info) with the kept old ids in ``info["kept_ids"]`` and the
+        tokens counted in ``info["calib_tokens"]``.
     """
     tj = tokenizer_json(tok)
     n_vocab = model.config.vocab_size
@@ -212,9 +213,10 @@ def prune(model: nn.Module, tok, texts, *, vocab_size: int | None = None,
     domain = sum(1 for n in counts.values() if n >= min_count)
     kept = set(keep)
     covered = sum(n for i, n in counts.items() if i in kept)
+    total = sum(counts.values())
     return new, new_tok, {
-        "vocab_size": [n_vocab, len(keep)], "domain_tokens": domain,
-        "domain_token_coverage": covered / sum(counts.values()),
+        "vocab_size": [n_vocab, len(keep)], "domain_tokens": domain, "calib_tokens": total,
+        "domain_token_coverage": covered / total,
         "merges": [len(tj["model"]["merges"]), len(tokenizer_json(new_tok)["model"]["merges"])],
         "kept_ids": keep,
     }

@@ -55,8 +55,6 @@ class QuantizeConfig(BaseModel):
         return v
 
 
-
-
 def mark_quantized(model: torch.nn.Module, cfg: QuantizeConfig) -> None:
     """Record the packed layout in the model config (saved to config.json)."""
     setattr(model.config, QUANT_KEY, {
