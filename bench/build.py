@@ -13,9 +13,11 @@ as) round-robin, so background load hits all alike; the best round counts.
 
 `plan` measures the machine (bandwidth, matmul) and the decode speed of each
 GGUF in the same rounds, and prints measured / predicted. The built-in files
-are requantized with llama.cpp to f16, q8_0 and q4_0 to give more points.
-`--fit` fits plan.EFFICIENCY and plan.LAYER_OVERHEAD_S by least squares on
-per-token time (t = bytes / (e * bandwidth) + layers * c).
+are requantized with llama.cpp (SmolLM2 to f16, q8_0, q5_0, q4_0, q4_k_m; Gemma
+to f16, q8_0, q4_1, q4_0) to give points of single weight types. `--fit` refits
+plan.KERNEL_RATE (per GGML type) and plan.LAYER_OVERHEAD_S by non-negative
+least squares on per-token time, leaving out the files named by `--hold-out`;
+`--save`/`--load` keep the measurements so a fit can be redone without them.
 """
 from __future__ import annotations
 
@@ -74,9 +76,10 @@ def plan_files(run: Path | None) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     smol, gemma = builtin_gguf("smollm2-135m"), builtin_gguf("gemma3-270m")
     files = {"smollm2-135m Q4_1 (built-in)": smol, "gemma3-270m Q4_K_M (built-in)": gemma}
-    for q in ("f16", "q8_0", "q4_0"):
+    for q in ("f16", "q8_0", "q5_0", "q4_0", "q4_k_m"):
         files[f"smollm2-135m {q}"] = requantized(smol, q, out_dir)
-    files["gemma3-270m q8_0"] = requantized(gemma, "q8_0", out_dir)
+    for q in ("f16", "q8_0", "q4_1", "q4_0"):
+        files[f"gemma3-270m {q}"] = requantized(gemma, q, out_dir)
     if run and (run / "report.json").exists():
         rep = json.loads((run / "report.json").read_text())
         for s in rep["steps"]:
@@ -89,50 +92,78 @@ def plan_files(run: Path | None) -> dict[str, Path]:
     return files
 
 
-def fit(points: list[tuple[int, int, float, float]]) -> tuple[float, float]:
-    """Least squares of t = bytes/(e*bw) + layers*c over (bytes, layers, bw_bytes_s, tok_s)."""
+def fit(rows: list[tuple[dict, int, float]], probe) -> tuple[dict[str, float], float]:
+    """Per-type kernel rates and the per-layer overhead, by non-negative least squares.
+
+    rows: (weights read per token by GGML type, layers, measured tok/s). Fits
+    t = sum_type weights * k_type + layers * c on relative error; the rate of a type
+    is then 2 / (k_type * probed fp32 FLOP/s).
+    """
     import numpy as np
-    a = np.array([[b / bw, layers] for b, layers, bw, _ in points])
-    t = np.array([1.0 / r for *_, r in points])
-    (inv_e, c), *_ = np.linalg.lstsq(a, t, rcond=None)
-    return 1.0 / inv_e, c
+    types = sorted({t for w, _, _ in rows for t in w if t != "F32"})
+    a = np.array([[w.get(t, 0) / 1e6 for t in types] + [layers] for w, layers, _ in rows])
+    t = np.array([1.0 / r for *_, r in rows])
+    a, b = a / t[:, None], np.ones(len(t))                 # relative error
+    keep = list(range(a.shape[1]))
+    while True:                                             # drop negative terms, refit
+        x, *_ = np.linalg.lstsq(a[:, keep], b, rcond=None)
+        if (x >= 0).all():
+            break
+        keep.pop(int(np.argmin(x)))
+    coef = np.zeros(a.shape[1])
+    coef[keep] = x
+    rates = {ty: round(float(2e6 / (coef[i] * probe.fp32_gflops * 1e9)), 3)
+             for i, ty in enumerate(types) if coef[i] > 0}
+    return rates, float(coef[-1])
 
 
 def cmd_plan(args) -> None:
     from slmkit import plan
-    files = plan_files(args.run)
-    if args.only_builtin:
-        files = {k: v for k, v in files.items() if "built-in" in k or "f16" in k}
-    probes = [plan.probe_machine() for _ in range(2)]
-    probe = max(probes, key=lambda p: p.bandwidth_gbs)
-    measured = measure_files(files, args.rounds, args.tokens)
-    probe2 = plan.probe_machine()
-    if probe2.bandwidth_gbs > probe.bandwidth_gbs:
-        probe = probe2
+    if args.load:
+        saved = json.loads(args.load.read_text())
+        files = {k: Path(v) for k, v in saved["files"].items()}
+        probe, measured = plan.Probe(**saved["probe"]), saved["measured"]
+    else:
+        files = plan_files(args.run)
+        if args.only_builtin:
+            files = {k: v for k, v in files.items() if "built-in" in k or "f16" in k}
+        probes = [plan.probe_machine() for _ in range(2)]
+        measured = measure_files(files, args.rounds, args.tokens)
+        probes.append(plan.probe_machine())
+        # best bandwidth seen; fp32 rate as the mean, since decode speed tracks it
+        probe = max(probes, key=lambda p: p.bandwidth_gbs)
+        probe.fp32_gflops = round(sum(p.fp32_gflops for p in probes) / len(probes), 1)
+        if args.save:
+            args.save.write_text(json.dumps({"files": {k: str(v) for k, v in files.items()},
+                                             "probe": probe.__dict__, "measured": measured},
+                                            indent=1))
     print(f"probe: {probe.bandwidth_gbs} GB/s, fp32 {probe.fp32_gflops} GFLOP/s, "
           f"bf16 {probe.bf16_gflops} GFLOP/s, {probe.cores} cores")
-    points = []
-    rows = []
-    for name, path in files.items():
-        pred = plan.predict_gguf(path, probe)
-        points.append((pred["bytes_per_token"], pred["layers"], probe.bandwidth_gbs * 1e9,
-                       measured[name]))
-        rows.append((name, pred, measured[name]))
+    rows = [(name, plan.predict_gguf(path, probe), measured[name]) for name, path in files.items()]
     _plan_table(plan, rows)                        # the constants slmkit ships
     if args.fit:
-        e, c = fit(points)
-        print(f"\nfit: EFFICIENCY = {e:.3f}, LAYER_OVERHEAD_S = {c:.2e}")
-        plan.EFFICIENCY, plan.LAYER_OVERHEAD_S = e, c
+        held = [h for h in (args.hold_out or "").split(",") if h]
+        train = [(p["weights"], p["layers"], m) for n, p, m in rows
+                 if not any(h in n for h in held)]
+        rates, c = fit(train, probe)
+        print(f"\nfit on {len(train)} files (held out: {', '.join(held) or 'none'}): "
+              f"KERNEL_RATE = {rates}, LAYER_OVERHEAD_S = {c:.2e}")
+        plan.KERNEL_RATE.update(rates)
+        plan.LAYER_OVERHEAD_S = c
         _plan_table(plan, [(n, plan.predict_gguf(files[n], probe), m) for n, _, m in rows])
 
 
 def _plan_table(plan, rows) -> None:
-    print(f"constants: EFFICIENCY = {plan.EFFICIENCY}, LAYER_OVERHEAD_S = {plan.LAYER_OVERHEAD_S}")
-    print("| GGUF | MB read/token | layers | predicted tok/s | measured tok/s | measured/predicted |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"constants: KERNEL_RATE = {plan.KERNEL_RATE}, "
+          f"LAYER_OVERHEAD_S = {plan.LAYER_OVERHEAD_S:.2e}, EFFICIENCY = {plan.EFFICIENCY}")
+    print("| GGUF | weight types (M weights read/token) | layers | predicted tok/s "
+          "| measured tok/s | measured/predicted |")
+    print("|---|---|---:|---:|---:|---:|")
     for name, pred, meas in rows:
-        print(f"| {name} | {pred['bytes_per_token'] / 1e6:.1f} | {pred['layers']} | "
-              f"{pred['tok_s']:.1f} | {meas:.1f} | {meas / pred['tok_s']:.2f} |")
+        types = ", ".join(f"{t} {n / 1e6:.1f}" for t, n in
+                          sorted(pred["weights"].items(), key=lambda kv: -kv[1]) if t != "F32")
+        print(f"| {name} | {types} | {pred['layers']} | {pred['tok_s']:.1f} | {meas:.1f} | "
+              f"{meas / pred['tok_s']:.2f} |")
 
 
 def cmd_build(args) -> None:
@@ -173,7 +204,10 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=Path("runs/default"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--fit", action="store_true")
+    ap.add_argument("--fit", action="store_true", help="plan: refit the kernel rates")
+    ap.add_argument("--hold-out", help="plan --fit: comma-separated name parts left out of the fit")
+    ap.add_argument("--save", type=Path, help="plan: write the probe and measurements as JSON")
+    ap.add_argument("--load", type=Path, help="plan: use saved measurements, measure nothing")
     ap.add_argument("--only-builtin", action="store_true", help="plan: the built-in files and f16")
     args = ap.parse_args()
     cmd_build(args) if args.what == "build" else cmd_plan(args)

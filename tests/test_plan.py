@@ -38,12 +38,60 @@ def test_moe_reads_only_active_experts():
     assert read < 0.35 * stored                             # 2 of 8 experts per token
 
 
-def test_decode_is_memory_bound_and_scales_with_bandwidth():
+def test_decode_speed_follows_the_kernel_rate_or_the_bandwidth():
     p = plan.predict("smollm2-360m", "q8_0", PROBE)
-    fast = plan.Probe(**{**PROBE.__dict__, "bandwidth_gbs": 80.0})
-    p2 = plan.predict("smollm2-360m", "q8_0", fast)
-    assert p.bound == "memory" and 1.3 < p2.tok_s / p.tok_s < 2.0
+    more_bw = plan.predict("smollm2-360m", "q8_0",
+                           plan.Probe(**{**PROBE.__dict__, "bandwidth_gbs": 80.0}))
+    faster = plan.predict("smollm2-360m", "q8_0",
+                          plan.Probe(**{**PROBE.__dict__, "fp32_gflops": 340.0}))
+    # on the design machine a small model is bound by the matrix-vector kernels
+    assert p.bound == "compute" and more_bw.tok_s == p.tok_s and faster.tok_s > 1.5 * p.tok_s
+    # with little bandwidth the same model is bound by memory and scales with it
+    slow = plan.Probe(**{**PROBE.__dict__, "bandwidth_gbs": 2.0})
+    s1 = plan.predict("smollm2-360m", "q8_0", slow)
+    s2 = plan.predict("smollm2-360m", "q8_0",
+                      plan.Probe(**{**slow.__dict__, "bandwidth_gbs": 4.0}))
+    assert s1.bound == "memory" and 1.6 < s2.tok_s / s1.tok_s <= 2.0
     assert plan.predict("smollm2-360m", "q4_0", PROBE).tok_s > p.tok_s
+
+
+def _tiny_gguf(path, body_type):
+    """A one-layer llama GGUF whose seven matrices are stored as ``body_type``."""
+    import gguf
+    import numpy as np
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, value in (("block_count", 1), ("embedding_length", 256), ("context_length", 64),
+                       ("feed_forward_length", 512), ("attention.head_count", 4),
+                       ("attention.head_count_kv", 4)):
+        w.add_uint32(f"llama.{key}", value)
+    rng = np.random.default_rng(0)
+    w.add_tensor("token_embd.weight", rng.standard_normal((1000, 256)).astype(np.float16))
+    for name, shape in (("attn_q", (256, 256)), ("attn_k", (256, 256)), ("attn_v", (256, 256)),
+                        ("attn_output", (256, 256)), ("ffn_gate", (512, 256)),
+                        ("ffn_up", (512, 256)), ("ffn_down", (256, 512))):
+        data = rng.standard_normal(shape).astype(np.float32)
+        q = gguf.quants.quantize(data, body_type)
+        w.add_tensor(f"blk.0.{name}.weight", q, raw_shape=q.shape, raw_dtype=body_type)
+    w.add_tensor("output_norm.weight", np.ones(256, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_prediction_prices_each_weight_type(tmp_path):
+    from gguf import GGMLQuantizationType as T
+    q40 = plan.predict_gguf(_tiny_gguf(tmp_path / "a.gguf", T.Q4_0), PROBE)
+    q41 = plan.predict_gguf(_tiny_gguf(tmp_path / "b.gguf", T.Q4_1), PROBE)
+    body = 4 * 256 * 256 + 3 * 512 * 256
+    assert q40["weights"] == {"Q4_0": body, "F16": 1000 * 256}       # tied: the head reads it
+    assert q41["weights"] == {"Q4_1": body, "F16": 1000 * 256}
+    # same shapes, and the only difference in time is the body's kernel rate
+    dt = 1 / q41["tok_s"] - 1 / q40["tok_s"]
+    expect = 2 * body / (PROBE.fp32_gflops * 1e9) * (1 / plan.KERNEL_RATE["Q4_1"]
+                                                     - 1 / plan.KERNEL_RATE["Q4_0"])
+    assert dt == pytest.approx(expect, rel=0.02) and q41["tok_s"] < q40["tok_s"]
 
 
 def test_small_memory_picks_biggest_model_that_fits():

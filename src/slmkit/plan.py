@@ -4,17 +4,20 @@
 matmul throughput, free RAM, cores) and caches it in ``cache_dir()``.
 ``predict(name, qtype, probe, context)`` gives the memory a catalog model
 needs (weights + KV cache + runtime buffers) and its decode speed from a
-roofline: a decode step reads every weight once and does ~2 FLOPs per
-weight, so
+roofline. A decode step reads every weight once and does 2 FLOPs per weight
+in a matrix-vector product, whose speed depends on the weight type: llama.cpp's
+kernel for each GGML type reaches its own fraction ``KERNEL_RATE[type]`` of the
+probed fp32 matmul rate. So
 
     t_token = max(bytes_per_token / (EFFICIENCY * bandwidth),
-                  flops_per_token / compute) + layers * LAYER_OVERHEAD_S
+                  sum over types of 2 * weights_of_type / (KERNEL_RATE[type] * fp32 rate))
+              + layers * LAYER_OVERHEAD_S
 
-``EFFICIENCY`` (the fraction of the probed bandwidth llama.cpp reaches) and
-``LAYER_OVERHEAD_S`` (fixed cost per decoder layer per token: thread
-synchronisation, small ops) were fitted on this machine; see BENCHMARKS.md,
-"Build (default recipe) and plan", for the fit and the check against
-measured decode speed. ``recommend(...)`` ranks what fits, best first.
+``KERNEL_RATE`` and ``LAYER_OVERHEAD_S`` (fixed cost per decoder layer per
+token: thread synchronisation, small ops) were fitted on this machine against
+llama.cpp decode of GGUF files of single types; see BENCHMARKS.md, "Build
+(default recipe) and plan", for the fit and the check against files it did not
+see. ``recommend(...)`` ranks what fits, best first.
 """
 from __future__ import annotations
 
@@ -27,9 +30,18 @@ from pathlib import Path
 
 from .errors import SlmError
 
-# Fitted on this 2-core machine against llama.cpp decode of GGUF files (bench/build.py --plan).
-EFFICIENCY = 0.6
-LAYER_OVERHEAD_S = 1.4e-4
+# Fitted on this 2-core machine against llama.cpp decode of GGUF files (bench/build.py plan --fit).
+EFFICIENCY = 0.9                 # memory floor: the best fraction of the probed bandwidth reached
+LAYER_OVERHEAD_S = 3.2e-5
+KERNEL_RATE = {                  # decode (matrix-vector) rate / probed fp32 matmul rate
+    "F16": 0.145, "Q8_0": 0.198, "Q5_0": 0.198, "Q4_1": 0.161, "Q4_0": 0.344,
+    "Q4_K": 0.412, "Q6_K": 0.47,
+}
+# Not fitted: F32 and BF16 are priced from F16 (F32 at half its rate), any other type as Q8_0.
+KERNEL_RATE.update({"F32": KERNEL_RATE["F16"] / 2, "BF16": KERNEL_RATE["F16"]})
+DEFAULT_KERNEL_RATE = KERNEL_RATE["Q8_0"]
+TYPE_BPW = {"F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q5_0": 5.5, "Q4_1": 5.0,
+            "Q4_0": 4.5, "Q4_K": 4.5, "Q6_K": 6.5625}
 PROBE_FILE = "machine_probe.json"
 KV_BITS = 16                     # llama.cpp keeps the KV cache in f16 by default
 RUNTIME_FRACTION = 0.10          # compute buffers, tokenizer, process: 10% of weights ...
@@ -38,21 +50,29 @@ RUNTIME_FIXED = 100 * 2**20      # ... plus 100 MiB
 
 @dataclass(frozen=True)
 class QuantType:
-    """Bits per weight of a GGUF type: the body, and the output/tied embedding matrix."""
+    """A GGUF file type: the GGML types of its body (with their shares) and output matrix."""
 
     name: str
-    bpw: float
-    out_bpw: float
+    body: tuple[tuple[str, float], ...]
+    out: str
     penalty: float      # quality cost, in log10(parameters): see ``score``
 
+    @property
+    def bpw(self) -> float:
+        return sum(TYPE_BPW[t] * share for t, share in self.body)
 
-# q4_k_m mixes q4_K (4.5 bpw) with q6_K (6.5625) for half of attn_v/ffn_down: ~4.85 on
-# average. llama.cpp stores the output matrix (or a tied embedding) of q4 types as q6_K.
+    @property
+    def out_bpw(self) -> float:
+        return TYPE_BPW[self.out]
+
+
+# q4_k_m stores half of attn_v/ffn_down as q6_K, the rest as q4_K: ~4.85 bpw on average.
+# llama.cpp stores the output matrix (or a tied embedding) of q4 types as q6_K.
 QUANT_TYPES = {q.name: q for q in [
-    QuantType("f16", 16.0, 16.0, 0.0),
-    QuantType("q8_0", 8.5, 8.5, 0.002),
-    QuantType("q4_k_m", 4.85, 6.5625, 0.03),
-    QuantType("q4_0", 4.5, 6.5625, 0.06),
+    QuantType("f16", (("F16", 1.0),), "F16", 0.0),
+    QuantType("q8_0", (("Q8_0", 1.0),), "Q8_0", 0.002),
+    QuantType("q4_k_m", (("Q4_K", 0.83), ("Q6_K", 0.17)), "Q6_K", 0.03),
+    QuantType("q4_0", (("Q4_0", 1.0),), "Q6_K", 0.06),
 ]}
 
 
@@ -212,17 +232,38 @@ def weight_bytes(shape: Shape, q: QuantType) -> tuple[int, int]:
     return int(stored / 8), int(read / 8)
 
 
-def decode_rate(shape: Shape, bytes_per_token: int, probe: Probe, position: int,
-                kv_bits: int = KV_BITS) -> tuple[float, str, int]:
-    """(tokens/s, bound, FLOPs per token) for decoding at ``position`` tokens of context."""
+def kernel_seconds(weights: dict[str, float], probe: Probe) -> float:
+    """Time of the matrix-vector products over ``weights`` (count read per token, by type)."""
+    return sum(2 * n / (KERNEL_RATE.get(t, DEFAULT_KERNEL_RATE) * probe.fp32_gflops * 1e9)
+               for t, n in weights.items())
+
+
+def decode_rate(shape: Shape, bytes_per_token: int, weights: dict[str, float], probe: Probe,
+                position: int, kv_bits: int = KV_BITS) -> tuple[float, str, int]:
+    """(tokens/s, bound, FLOPs per token) for decoding at ``position`` tokens of context.
+
+    ``weights`` counts the weights read per token by GGML type.
+    """
     kv_read = kv_bytes(shape, position, kv_bits)
     attn_ctx = (shape.layers - shape.window_layers) * position + shape.window_layers * min(
         position, shape.window or position)
-    flops = 2 * shape.active_params + 4 * shape.heads * shape.head_dim * attn_ctx
+    attn_flops = 4 * shape.heads * shape.head_dim * attn_ctx
+    flops = 2 * int(sum(weights.values())) + attn_flops
     t_mem = (bytes_per_token + kv_read) / (EFFICIENCY * probe.bandwidth_gbs * 1e9)
-    t_compute = flops / (probe.fp32_gflops * 1e9)
+    t_compute = kernel_seconds(weights, probe) + attn_flops / (probe.fp32_gflops * 1e9)
     t = max(t_mem, t_compute) + shape.layers * LAYER_OVERHEAD_S
     return 1.0 / t, ("memory" if t_mem >= t_compute else "compute"), int(flops)
+
+
+def weights_read(shape: Shape, q: QuantType) -> dict[str, float]:
+    """Weights read per token by GGML type: the active body at ``q.body``, the head at ``q.out``."""
+    emb = shape.vocab * shape.hidden
+    active_body = shape.active_params - emb * (1 if shape.tied else 2)
+    out: dict[str, float] = {}
+    for t, share in q.body:
+        out[t] = out.get(t, 0) + active_body * share
+    out[q.out] = out.get(q.out, 0) + emb
+    return out
 
 
 def predict(name: str, qtype: str, probe: Probe, context: int = 2048,
@@ -240,7 +281,8 @@ def predict(name: str, qtype: str, probe: Probe, context: int = 2048,
     stored, read = weight_bytes(shape, q)
     kv = kv_bytes(shape, context)
     runtime = int(RUNTIME_FRACTION * stored + RUNTIME_FIXED)
-    tok_s, bound, flops = decode_rate(shape, read, probe, context // 2)
+    tok_s, bound, flops = decode_rate(shape, read, weights_read(shape, q), probe,
+                                      context // 2)
     return Prediction(model=name, qtype=qtype, context=context, weights_bytes=stored,
                       kv_bytes=kv, runtime_bytes=runtime, total_bytes=stored + kv + runtime,
                       bytes_per_token=read, flops_per_token=flops, tok_s=round(tok_s, 1),
@@ -261,7 +303,7 @@ def score(shape: Shape, q: QuantType) -> float:
 
 def predict_gguf(path: str | Path, probe: Probe, position: int = 64) -> dict:
     """Predicted decode tokens/s of an actual GGUF file, from its real tensor sizes."""
-    from .models.gguf_meta import read_header
+    from .models.gguf_meta import read_header, type_name
     header = read_header(path)
     arch = str(header.metadata["general.architecture"])
     meta = {k.split(".", 1)[1]: v for k, v in header.metadata.items() if k.startswith(arch + ".")}
@@ -270,6 +312,11 @@ def predict_gguf(path: str | Path, probe: Probe, position: int = 64) -> dict:
     total = sum(t.n_bytes for t in header.tensors)
     read = total - (emb.n_bytes if has_out else 0)
     params = sum(math.prod(t.shape) for t in header.tensors)
+    weights: dict[str, float] = {}
+    for t in header.tensors:
+        if len(t.shape) >= 2 and not (has_out and t is emb):
+            name = type_name(t.type)
+            weights[name] = weights.get(name, 0) + math.prod(t.shape)
     heads = int(meta["attention.head_count"])
     head_dim = int(meta.get("attention.key_length") or int(meta["embedding_length"]) // heads)
     window = int(meta.get("attention.sliding_window") or 0)
@@ -279,8 +326,9 @@ def predict_gguf(path: str | Path, probe: Probe, position: int = 64) -> dict:
                   hidden=int(meta["embedding_length"]), tied=not has_out, params=params,
                   active_params=params, window_layers=(layers * 5 // 6) if window else 0,
                   window=window)
-    tok_s, bound, _ = decode_rate(shape, read, probe, position)
+    tok_s, bound, _ = decode_rate(shape, read, weights, probe, position)
     return {"file": str(path), "bytes": total, "bytes_per_token": read, "layers": layers,
+            "weights": {k: int(v) for k, v in weights.items()},
             "tok_s": round(tok_s, 1), "bound": bound}
 
 

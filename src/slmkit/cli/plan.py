@@ -44,7 +44,7 @@ def plan_cmd(
     if json_out:
         print_json({"probe": asdict(probe), "memory": mem, "tokens_per_second": tokens_per_second,
                     "context": context, "efficiency": plan.EFFICIENCY,
-                    "layer_overhead_s": plan.LAYER_OVERHEAD_S,
+                    "kernel_rate": plan.KERNEL_RATE, "layer_overhead_s": plan.LAYER_OVERHEAD_S,
                     "recommendations": [asdict(r) for r in rows]})
         return
     console.print(f"machine: {probe.cores} cores, {probe.bandwidth_gbs:.1f} GB/s read, "
@@ -71,5 +71,6 @@ def plan_cmd(
         console.print(f"next best, does not qualify: {near.model} {near.qtype}: "
                       + "; ".join(near.reasons), highlight=False)
     console.print(f"model: decode time per token = max(bytes/({plan.EFFICIENCY} x bandwidth), "
-                  f"FLOPs/fp32 rate) + layers x {plan.LAYER_OVERHEAD_S * 1e3:.2f} ms; "
-                  "tok/s at half the context filled.", highlight=False)
+                  "FLOPs/(fp32 rate x the weight type's kernel rate)) + layers x "
+                  f"{plan.LAYER_OVERHEAD_S * 1e3:.3f} ms; tok/s at half the context filled.",
+                  highlight=False)

@@ -116,12 +116,10 @@ def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
 
 def _tensor_types(path: Path) -> dict[str, int]:
     """How many tensors of each GGML type a GGUF file holds."""
-    from gguf import GGMLQuantizationType
-
-    from ..models.gguf_meta import read_header
+    from ..models.gguf_meta import read_header, type_name
     counts: dict[str, int] = {}
     for t in read_header(path).tensors:
-        name = GGMLQuantizationType(t.type).name
+        name = type_name(t.type)
         counts[name] = counts.get(name, 0) + 1
     return counts
 

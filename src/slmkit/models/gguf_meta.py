@@ -98,6 +98,12 @@ def _tensor_bytes(shape: tuple[int, ...], ttype: int) -> int:
     return n // block * size
 
 
+def type_name(ttype: int) -> str:
+    """The GGML name of tensor type ``ttype`` (``Q4_0``, ``F16``, ...)."""
+    from gguf import GGMLQuantizationType
+    return GGMLQuantizationType(ttype).name
+
+
 def read_header(path: str | Path) -> GGUFHeader:
     """Metadata (arrays as ``ArrayInfo``) and the tensor table of a GGUF file.
 
