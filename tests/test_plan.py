@@ -160,3 +160,20 @@ def test_cli_json_uses_cached_probe(tmp_path, monkeypatch, capsys):
     assert out["probe"]["bandwidth_gbs"] == 40.0
     best = out["recommendations"][0]
     assert (best["model"], best["qtype"]) == ("qwen2.5-0.5b", "q4_k_m")
+
+
+def test_cli_warns_when_the_probe_ran_on_a_busy_machine(tmp_path, monkeypatch, capsys):
+    from slmkit.cli import main
+    from slmkit.paths import cache_dir
+    real = cache_dir() / "param_counts.json"
+    if real.exists():
+        shutil.copy(real, tmp_path / "param_counts.json")
+    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))
+    for load, warned in ((0.2, False), (3.5, True)):
+        (tmp_path / plan.PROBE_FILE).write_text(json.dumps({**PROBE.__dict__, "load_avg": load}))
+        try:
+            main(["plan", "--memory", "512M"])
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+        out = " ".join(capsys.readouterr().out.split())
+        assert ("machine was busy (load 3.5 on 2 cores)" in out) is warned

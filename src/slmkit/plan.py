@@ -87,6 +87,12 @@ class Probe:
     total_bytes: int
     cores: int
     measured_at: str = ""
+    load_avg: float = 0.0       # 1-minute load average when probed: other work slows the probe
+
+    @property
+    def busy(self) -> bool:
+        """Whether other work was running when probed (the figures are then too low)."""
+        return self.load_avg > self.cores
 
 
 @dataclass
@@ -161,11 +167,13 @@ def probe_machine() -> Probe:
     """Measure this machine now (a few seconds)."""
     import psutil
     vm = psutil.virtual_memory()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return Probe(bandwidth_gbs=round(measure_bandwidth(), 2),
                  fp32_gflops=round(measure_matmul("float32"), 1),
                  bf16_gflops=round(measure_matmul("bfloat16"), 1),
                  free_bytes=int(vm.available), total_bytes=int(vm.total),
-                 cores=os.cpu_count() or 1, measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                 cores=os.cpu_count() or 1, measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                 load_avg=round(load, 2))
 
 
 def load_probe(reprobe: bool = False, path: Path | None = None) -> Probe:

@@ -51,6 +51,10 @@ def plan_cmd(
                   f"{probe.fp32_gflops:.0f} GFLOP/s fp32 ({probe.bf16_gflops:.0f} bf16), "
                   f"{probe.free_bytes / 1e9:.1f} GB free (probed {probe.measured_at}; "
                   "--reprobe to measure again)", highlight=False)
+    if probe.busy:
+        console.print(f"[yellow]warning[/]: the probe ran while the machine was busy (load "
+                      f"{probe.load_avg:g} on {probe.cores} cores), so its speeds are too low: "
+                      "run again with --reprobe when the machine is idle", highlight=False)
     ok = [r for r in rows if r.fits and r.fast_enough]
     t = Table(title=f"fits {mem / 1e9:.2f} GB" + (f", >= {tokens_per_second:g} tok/s"
                                                  if tokens_per_second else "")
