@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--asym", action="store_true")
     ap.add_argument("--act-order", action="store_true")
+    ap.add_argument("--clip", action="store_true")
     ap.add_argument("--blocks", type=int, default=8)
     args = ap.parse_args()
     base = slmkit.load(MODEL)
@@ -33,11 +34,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         rep = run_quantize(MODEL, Path(d) / "q", QuantizeConfig(
             method="gptq", bits=4, group_size=args.group_size, sym=not args.asym,
-            act_order=args.act_order, calib_samples=args.calib_samples, eval_tokens=0,
+            act_order=args.act_order, clip=args.clip, calib_samples=args.calib_samples, eval_tokens=0,
             speed_tokens=0))
         ppl = pt_ppl(slmkit.load(Path(d) / "q").model, held)
     print(f"GPTQ int4 g{args.group_size} {'asym' if args.asym else 'sym'}"
-          f"{' act-order' if args.act_order else ''}, {args.calib_samples} calibration "
+          f"{' act-order' if args.act_order else ''}{' clip' if args.clip else ''}, "
+          f"{args.calib_samples} calibration "
           f"sequences: ppl {ppl:.3f}, quantize {rep['quantize_s']:.0f} s, "
           f"layer-output error {rep['mean_output_rel_error']:.3e} "
           f"(RTN {rep['mean_rtn_output_rel_error']:.3e})")

@@ -44,6 +44,35 @@ def test_gptq_act_order_and_asym_run():
     assert sum(stats.gptq.values()) < sum(stats.rtn.values())
 
 
+def test_clip_search_never_loses_and_helps_heavy_tails():
+    from slmkit.compress.quantize.formats import get_format
+    fmt = get_format(4)
+    torch.manual_seed(0)
+    w = torch.distributions.StudentT(2.0).sample((64, 128))     # heavy-tailed rows
+    imp = torch.rand(128) + 0.1
+
+    def err(s, z):
+        q, _, _ = fmt.quantize_blocks(w, s, z)
+        return ((fmt.dequantize_blocks(q, s, z) - w) ** 2 * imp).sum(1)
+
+    for sym in (True, False):
+        plain = err(*fmt.params(w, sym))
+        clipped = err(*gptq.clipped_params(w, 4, sym, imp))
+        assert (clipped <= plain + 1e-6).all()                 # the unclipped range is a candidate
+        assert clipped.sum() < 0.97 * plain.sum()
+
+
+def test_gptq_with_clip_search_lowers_the_layer_error():
+    ref = tiny_slm("llama", initializer_range=0.2)
+    ids = _calib(ref.tokenizer, n=4)
+    errs = {}
+    for clip in (False, True):
+        m = tiny_slm("llama", initializer_range=0.2).model
+        stats = gptq.quantize(m, ids, 4, 32, True, act_order=True, clip=clip)
+        errs[clip] = sum(stats.gptq.values())
+    assert errs[True] < errs[False]
+
+
 def test_saved_quantized_model_reloads_identically(tmp_path):
     x = torch.tensor([[5, 17, 99, 3, 250, 7, 8]])
     for cfg in (QuantizeConfig(method="rtn", bits=4, group_size=32, sym=False,

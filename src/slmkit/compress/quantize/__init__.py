@@ -32,6 +32,7 @@ class QuantizeConfig(BaseModel):
     group_size: int = Field(128, description="inputs per scale; -1 = one scale per row")
     sym: bool = True
     act_order: bool = False
+    clip: bool = Field(False, description="GPTQ: choose each group's range by a clipping search")
     calib: str = "python-docs"
     calib_samples: int = Field(64, ge=1)
     seq_len: int = Field(512, ge=8)
@@ -134,7 +135,8 @@ def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
     held = _eval_ids(cfg, slm.tokenizer)
     before = _measure(slm, held, cfg)
     report = {"method": cfg.method, "bits": cfg.bits, "group_size": cfg.group_size,
-              "sym": cfg.sym, "act_order": cfg.act_order, "calib_blocks": int(calib.shape[0]),
+              "sym": cfg.sym, "act_order": cfg.act_order, "clip": cfg.clip,
+              "calib_blocks": int(calib.shape[0]),
               "params": count_params(slm.model), "before": before}
     report.update(_apply(slm.model, calib, cfg, progress))
     mark_quantized(slm.model, cfg)
@@ -185,7 +187,7 @@ def _apply(model, calib, cfg: QuantizeConfig, progress) -> dict:
         return {"weight_rel_error": rtn.quantize(model, cfg.bits, cfg.group_size, cfg.sym)}
     from . import gptq
     st = gptq.quantize(model, calib, cfg.bits, cfg.group_size, cfg.sym, cfg.act_order,
-                       cfg.block_size, cfg.damp, progress)
+                       cfg.block_size, cfg.damp, progress, clip=cfg.clip)
     mean = lambda d: sum(d.values()) / max(len(d), 1)  # noqa: E731
     return {"output_rel_error": st.gptq, "rtn_output_rel_error": st.rtn,
             "mean_output_rel_error": mean(st.gptq), "mean_rtn_output_rel_error": mean(st.rtn)}

@@ -43,17 +43,51 @@ def output_error(w: torch.Tensor, wq: torch.Tensor, h: torch.Tensor) -> float:
     return float(num / den.clamp_min(1e-30))
 
 
-def _group_params(w: torch.Tensor, bits: int, g: int, sym: bool):
+CLIP_GRID = torch.linspace(1.0, 0.7, 31).tolist()
+
+
+def clipped_params(w: torch.Tensor, bits: int, sym: bool, importance: torch.Tensor | None):
+    """Scale/zero (out, 1) of one group ``w`` (out, g) whose range is shrunk per row to the
+    factor in ``CLIP_GRID`` that minimises ``sum(importance * (w - deq(q(w)))**2)``.
+
+    Rounding a few outliers to the clipped edge costs less than a coarser grid for all the
+    other weights; ``importance`` (g,) weighs each input column (GPTQ uses ``diag(H)``).
+    """
+    fmt = get_format(bits)
+    w = w.float()
+    imp = torch.ones(w.shape[1]) if importance is None else importance.float()
+    best = torch.full((w.shape[0],), float("inf"))
+    scale = zero = None
+    for p in CLIP_GRID:
+        s, z = fmt.params(w * p, sym)
+        q, _, _ = fmt.quantize_blocks(w, s, z)
+        err = ((fmt.dequantize_blocks(q, s, z) - w) ** 2 * imp).sum(1)
+        better = err < best
+        if scale is None:
+            scale, zero = s.clone(), z.clone()
+        scale[better], zero[better] = s[better], z[better]
+        best = torch.minimum(best, err)
+    return scale, zero
+
+
+def _group_params(w: torch.Tensor, bits: int, g: int, sym: bool,
+                  importance: torch.Tensor | None = None, clip: bool = False):
     """Scale/zero (out, n_groups) from contiguous groups of ``w`` (last one may be short)."""
     fmt = get_format(bits)
     cols = range(0, w.shape[1], g)
-    pairs = [fmt.params(w[:, c:c + g], sym) for c in cols]
+    if clip:
+        pairs = [clipped_params(w[:, c:c + g], bits, sym,
+                                None if importance is None else importance[c:c + g])
+                 for c in cols]
+    else:
+        pairs = [fmt.params(w[:, c:c + g], sym) for c in cols]
     return torch.cat([p[0] for p in pairs], 1), torch.cat([p[1] for p in pairs], 1)
 
 
 @torch.no_grad()
 def gptq_weight(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, sym: bool,
-                act_order: bool = False, block: int = 128, damp: float = 0.01):
+                act_order: bool = False, block: int = 128, damp: float = 0.01,
+                clip: bool = False):
     """Quantize one (out, in) weight given the Hessian ``h = 2 X X^T`` (in, in).
 
     Args:
@@ -63,6 +97,7 @@ def gptq_weight(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, sy
         act_order: visit columns by decreasing ``diag(h)``.
         block: lazy-batch width.
         damp: fraction of ``mean(diag(h))`` added to the diagonal.
+        clip: choose each group's range by :func:`clipped_params`, weighted by ``diag(h)``.
 
     Returns:
         ``(q (out, in) uint8, scale (out, n_groups) fp16, zero (out, n_groups) uint8)``.
@@ -77,7 +112,7 @@ def gptq_weight(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, sy
     W[:, dead] = 0
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n_in)
     static = act_order or g == n_in
-    scale, zero = _group_params(W, bits, g, sym) if static else (
+    scale, zero = _group_params(W, bits, g, sym, torch.diag(H), clip) if static else (
         torch.empty(n_out, -(-n_in // g), dtype=torch.float16),
         torch.empty(n_out, -(-n_in // g), dtype=torch.uint8))
     W, H = W[:, perm], H[perm][:, perm]
@@ -92,7 +127,9 @@ def gptq_weight(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, sy
             col = int(perm[i1 + i])
             gi = col // g
             if not static and col % g == 0:         # group starts: scale from updated weights
-                s, z = fmt.params(torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g], sym)
+                rest = torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g]
+                s, z = (clipped_params(rest, bits, sym, torch.diag(H)[col:col + g]) if clip
+                        else fmt.params(rest, sym))
                 scale[:, gi], zero[:, gi] = s[:, 0], z[:, 0]
             s, z = scale[:, gi:gi + 1], zero[:, gi:gi + 1]
             q, _, _ = fmt.quantize_blocks(W1[:, i:i + 1], s, z)
@@ -157,13 +194,13 @@ def _layer_out(out):
 @torch.no_grad()
 def quantize(model: nn.Module, batches: torch.Tensor, bits: int, group_size: int, sym: bool,
              act_order: bool = False, block: int = 128, damp: float = 0.01,
-             progress=None) -> GPTQStats:
+             progress=None, clip: bool = False) -> GPTQStats:
     """GPTQ-quantize every decoder Linear of ``model`` in place.
 
     Args:
         model: an HF CausalLM (float weights).
         batches: (N, T) calibration token ids.
-        bits, group_size, sym, act_order, block, damp: see :func:`gptq_weight`.
+        bits, group_size, sym, act_order, block, damp, clip: see :func:`gptq_weight`.
         progress: optional callable ``(layer_index, n_layers)``.
 
     Returns:
@@ -181,7 +218,7 @@ def quantize(model: nn.Module, batches: torch.Tensor, bits: int, group_size: int
         hess = _hessians(layer, lins, hidden, [kw[li] for kw in kwargs])
         for name, lin in lins.items():
             w, h = lin.weight.detach().float(), hess[name]
-            q, s, z = gptq_weight(w, h, bits, group_size, sym, act_order, block, damp)
+            q, s, z = gptq_weight(w, h, bits, group_size, sym, act_order, block, damp, clip)
             ql = QuantLinear.from_codes(q, s, z, bits, group_size, lin.bias)
             stats.gptq[name] = output_error(w, ql.dequantize(), h)
             rq, rs, rz = quantize_weight(w, bits, group_size, sym)
