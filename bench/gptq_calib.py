@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--asym", action="store_true")
     ap.add_argument("--act-order", action="store_true")
-    ap.add_argument("--clip", action="store_true")
+    ap.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--blocks", type=int, default=8)
     args = ap.parse_args()
     base = slmkit.load(MODEL)
@@ -38,7 +38,7 @@ def main() -> None:
             speed_tokens=0))
         ppl = pt_ppl(slmkit.load(Path(d) / "q").model, held)
     print(f"GPTQ int4 g{args.group_size} {'asym' if args.asym else 'sym'}"
-          f"{' act-order' if args.act_order else ''}{' clip' if args.clip else ''}, "
+          f"{' act-order' if args.act_order else ''}{'' if args.clip else ' no-clip'}, "
           f"{args.calib_samples} calibration "
           f"sequences: ppl {ppl:.3f}, quantize {rep['quantize_s']:.0f} s, "
           f"layer-output error {rep['mean_output_rel_error']:.3e} "

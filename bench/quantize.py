@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -61,7 +62,8 @@ def main():
     ap.add_argument("--no-gptq", action="store_true", help="leave out the GPTQ rows")
     ap.add_argument("--reuse", action="store_true", help="reuse outputs already in --workdir")
     ap.add_argument("--gptq-variants", action="store_true",
-                    help="add GPTQ rows with activation order, symmetric and asymmetric")
+                    help="add GPTQ rows with activation order, symmetric and asymmetric, "
+                         "with and without the clipping search")
     args = ap.parse_args()
     import slmkit
     from slmkit.compress.quantize import QuantizeConfig, run_quantize
@@ -76,18 +78,20 @@ def main():
     rows = {"fp32 (PyTorch)": {"kind": "pt", "path": base.path}}
     quant = {"int8 RTN (per-channel)": dict(method="rtn", bits=8, group_size=-1),
              "int4 RTN g128": dict(method="rtn", bits=4, group_size=128),
-             "int4 GPTQ g128": dict(method="gptq", bits=4, group_size=128)}
+             "int4 GPTQ g128 sym, no clip": dict(method="gptq", bits=4, group_size=128,
+                                                 clip=False),
+             "int4 GPTQ g128 sym": dict(method="gptq", bits=4, group_size=128)}
     if args.gptq_variants:
-        quant["int4 GPTQ g128 act-order"] = dict(method="gptq", bits=4, group_size=128,
-                                                 act_order=True)
+        quant["int4 GPTQ g128 sym act-order"] = dict(method="gptq", bits=4, group_size=128,
+                                                     act_order=True)
+        quant["int4 GPTQ g128 asym act-order, no clip"] = dict(
+            method="gptq", bits=4, group_size=128, act_order=True, sym=False, clip=False)
         quant["int4 GPTQ g128 asym act-order"] = dict(method="gptq", bits=4, group_size=128,
                                                       act_order=True, sym=False)
     if args.no_gptq:
         quant = {k: v for k, v in quant.items() if v["method"] != "gptq"}
     for name, q in quant.items():
-        out = work / name.split()[0] / q["method"]
-        if q.get("act_order") or q.get("sym") is False:
-            out = work / "-".join(name.split()[2:])
+        out = work / re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         if args.reuse and (out / "report.json").exists():
             rep = json.loads((out / "report.json").read_text())
         else:
@@ -104,8 +108,8 @@ def main():
         rep = json.loads(rpath.read_text()) if args.reuse and rpath.exists() and out.exists() \
             else run_export(base, out, ExportConfig(type=t, parity_tokens=256), overwrite=True)
         rows[f"GGUF {t} (llama.cpp)"] = {"kind": "cpp", "path": out, "parity": rep["parity"]}
-    if "int4 GPTQ g128" in rows:
-        gq = rows["int4 GPTQ g128"]["path"]
+    if "int4 GPTQ g128 sym" in rows:
+        gq = rows["int4 GPTQ g128 sym"]["path"]
         out = work / "smollm2-gptq-q4_0.gguf"
         rep = run_export(gq, out, ExportConfig(type="q4_0", parity_tokens=256), overwrite=True)
         rows["GGUF q4_0 from GPTQ g128 (llama.cpp)"] = {"kind": "cpp", "path": out,

@@ -15,7 +15,7 @@ def quantize_cmd(
     group_size: int = typer.Option(128, "--group-size", "-g", help="Inputs sharing one scale; -1 = one scale per output channel."),
     sym: bool = typer.Option(True, "--sym/--asym", help="Symmetric grid, or asymmetric with a zero point."),
     act_order: bool = typer.Option(False, "--act-order", help="GPTQ: quantize columns by decreasing Hessian diagonal."),
-    clip: bool = typer.Option(False, "--clip", help="GPTQ: pick each group's range by a search that clips outliers when that lowers the (Hessian-weighted) rounding error."),
+    clip: bool = typer.Option(True, "--clip/--no-clip", help="GPTQ: pick each group's range by a search that clips outliers when that lowers the (Hessian-weighted) rounding error."),
     calib: str = typer.Option("python-docs", "--calib", "-c", help="Calibration data (train split); held-out perplexity uses its val split."),
     calib_samples: int = typer.Option(64, help="Calibration sequences."),
     seq_len: int = typer.Option(512, help="Tokens per calibration sequence."),

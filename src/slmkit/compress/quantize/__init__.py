@@ -32,7 +32,7 @@ class QuantizeConfig(BaseModel):
     group_size: int = Field(128, description="inputs per scale; -1 = one scale per row")
     sym: bool = True
     act_order: bool = False
-    clip: bool = Field(False, description="GPTQ: choose each group's range by a clipping search")
+    clip: bool = Field(True, description="GPTQ: choose each group's range by a clipping search")
     calib: str = "python-docs"
     calib_samples: int = Field(64, ge=1)
     seq_len: int = Field(512, ge=8)
