@@ -65,6 +65,7 @@ def distill_cmd(
     grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward to save memory."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the student's decoder layers (default: for models >= 50M params and runs >= 20 steps)."),
     no_bf16: bool = typer.Option(False, "--no-bf16", help="Train in fp32 instead of bf16 autocast."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun: shard the student's weights, gradients and optimizer state over the K ranks (FSDP), so each rank holds ~1/K of them instead of a full copy (DDP). For a student whose training state does not fit one process; the teacher stays whole on every rank. No effect in one process."),
     val_tokens: int = typer.Option(16_384, "--val-tokens", help="Held-out tokens for perplexity (0 skips)."),
     eval_every: int = typer.Option(0, "--eval-every", help="Steps between held-out evals (0: start and end)."),
     ckpt_every: int = typer.Option(50, "--ckpt-every", help="Steps between checkpoints."),
@@ -77,7 +78,8 @@ def distill_cmd(
 
     The teacher stays frozen (its weight hash is checked before and after).
     Checkpoints go to OUT.partial/checkpoints; re-running the command continues
-    from the last one. Runs unchanged under `torchrun --nproc-per-node K slm ...`.
+    from the last one. Runs unchanged under `torchrun --nproc-per-node K slm ...`
+    (data parallel; add --fsdp to shard the student over the ranks).
 
     Example: slm distill --teacher smollm2-135m --student runs/pruned --data python-docs --tokens 200000 --out runs/distilled
     """
@@ -96,7 +98,7 @@ def distill_cmd(
         w_ce=w_ce, w_hidden=w_hidden, layer_pairs=_pairs(layer_pairs), top_k=top_k,
         teacher_cache=teacher_cache, cross_tokenizer=cross_tokenizer,
         grad_checkpointing=grad_checkpointing, compile=compile_, bf16=not no_bf16, val_tokens=val_tokens,
-        eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, resume=resume)
+        eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, resume=resume, fsdp=fsdp)
     model = student if student else init_student(teacher, student_config, seed=seed,
                                                  **_overrides(set_))
     report = run_distill(model, out, cfg, overwrite=force, progress=not json_out)
@@ -128,6 +130,8 @@ def summary_table(r: dict) -> Table:
             ("teacher cache", f"{r['cache']['bytes'] / 2**20:.1f} MiB, top-{r['cache']['top_k']}"
              if r.get("cache") else "-"),
             ("time", f"{r.get('time_s', 0):.0f} s")]
+    if r.get("world_size", 1) > 1:
+        rows.insert(2, ("ranks", f"{r['world_size']} ({r.get('parallel', 'ddp')})"))
     for k, v in rows:
         t.add_row(k, v)
     return t

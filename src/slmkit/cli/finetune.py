@@ -30,6 +30,7 @@ def finetune_cmd(
     eval_every: int = typer.Option(0, "--eval-every", help="Steps between validation evals (0: about 8 per run)."),
     patience: int = typer.Option(3, "--patience", help="Stop after this many evals without a better val loss (0: never)."),
     merge: bool = typer.Option(False, "--merge", help="Also write the merged standalone model."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun with --method full: shard the weights, gradients and optimizer state over the K ranks (FSDP), so each rank holds ~1/K of them instead of a full copy (DDP). For models whose training state does not fit one process. No effect in one process."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the decoder layers (default: for models >= 50M params and runs >= 20 steps; ~40 s to compile, ~20% faster steps)."),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint in --out's work directory if there is one (the default), or start afresh."),
@@ -41,7 +42,8 @@ def finetune_cmd(
     Text trains on every token; JSONL prompt/response and chat messages train only
     on the response / assistant tokens. Writes the adapter (PEFT, safetensors),
     with --merge a standalone model, and report.json with the loss curve and
-    validation perplexity before and after.
+    validation perplexity before and after. Runs under `torchrun --nproc-per-node K slm
+    ...` (data parallel; with --method full, --fsdp shards the model over the ranks).
 
     Example: slm finetune smollm2-135m --data python-docs --method lora --max-tokens 200000 --merge --out runs/ft
     """
@@ -53,8 +55,11 @@ def finetune_cmd(
         targets=tlist, quant_format=quant_format, lr=lr, epochs=epochs, max_tokens=max_tokens,
         seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, val_fraction=val_fraction,
         eval_every=eval_every, patience=patience, merge=merge, seed=seed, resume=resume,
-        compile=compile_)
+        compile=compile_, fsdp=fsdp)
     report = run_finetune(model, out, cfg, progress=not json_out, overwrite=force)
+    from ..tune.loop import is_main
+    if not is_main():                      # under torchrun only rank 0 prints
+        return
     if json_out:
         print_json(report)
         return

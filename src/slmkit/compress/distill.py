@@ -24,7 +24,8 @@ Loss per token (Hinton et al., 2015; Agarwal et al., 2024 for generalized JSD):
 The teacher runs in eval mode, with ``requires_grad=False`` and under
 ``torch.no_grad``; the report carries a full hash of its weights before and
 after the run. Training runs on :func:`slmkit.tune.loop.train` (resumable, data
-parallel under torchrun).
+parallel under torchrun; with ``fsdp`` the student's weights, gradients and optimizer
+state are sharded over the ranks, while every rank keeps the whole frozen teacher).
 """
 from __future__ import annotations
 
@@ -86,6 +87,9 @@ class DistillConfig(BaseModel):
     eval_every: int = Field(0, ge=0)
     ckpt_every: int = Field(50, ge=0)
     chunk_tokens: int = Field(1024, ge=1)
+    fsdp: bool = Field(False, description="under torchrun, shard the student's weights, "
+                       "gradients and optimizer state over the K ranks (each holds ~1/K) "
+                       "instead of a full copy per rank")
     resume: bool = True
     seed: int = 0
 
@@ -532,8 +536,8 @@ def _train_config(cfg: DistillConfig, steps: int):
                        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
                        grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
                        grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile,
-                       eval_every=cfg.eval_every,
-                       ckpt_every=cfg.ckpt_every, seed=cfg.seed)
+                       eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every, seed=cfg.seed,
+                       parallel="fsdp" if cfg.fsdp else "ddp")
 
 
 def build_module(cfg: DistillConfig, student: nn.Module, teacher: nn.Module | None
@@ -622,7 +626,8 @@ def _report(cfg, s_slm, t_slm, rep, info, steps, world) -> dict:
     r = {"step": "distill", "teacher": cfg.teacher, "params": count_params(s_slm.model),
          "teacher_params": count_params(t_slm.model) if t_slm else None,
          "steps": rep.steps, "tokens": rep.tokens, "tokens_per_s": round(rep.tokens_per_s, 1),
-         "train_time_s": round(rep.time_s, 2), "world_size": world,
+         "train_time_s": round(rep.time_s, 2), "world_size": world, "parallel": rep.parallel,
+         "state_bytes_per_rank": rep.state_bytes,
          "val_ppl_before": evals[0]["val_ppl"] if evals and evals[0]["step"] == 0 else None,
          "val_ppl": evals[-1]["val_ppl"] if evals else None,
          "final_loss": rep.final_loss, "resumed_from": rep.resumed_from,

@@ -9,7 +9,10 @@ that applies the output head in chunks (``losses.chunked_head_loss``), so the
 (B, T, vocab) logits never exist at once. The validation split is evaluated
 before training, every ``eval_every`` steps and at the end; with ``patience``
 training stops after that many evaluations without a new best validation loss
-and the best weights are kept.
+and the best weights are kept. Under ``torchrun --nproc-per-node K`` the loop trains
+data parallel (the token budget counts all ranks) and rank 0 writes the outputs; with
+``fsdp`` (full fine-tuning only) the weights, gradients and optimizer state are
+sharded over the ranks.
 
 Output directory (complete or absent; work in progress lives in ``<out>.partial``
 with ``checkpoints/`` for resuming):
@@ -72,6 +75,8 @@ class FinetuneConfig(BaseModel):
     compile: bool | None = Field(None, description="torch.compile the decoder layers; "
                                  "None = for runs long enough to repay it")
     chunk_tokens: int = Field(1024, ge=16, description="tokens per output-head chunk in the loss")
+    fsdp: bool = Field(False, description="under torchrun, shard the weights, gradients and "
+                       "optimizer state over the K ranks (each holds ~1/K); method full only")
     seed: int = 0
     resume: bool = True
 
@@ -80,6 +85,15 @@ class FinetuneConfig(BaseModel):
     def _targets(cls, v):
         if v is not None and (not v or any(not t.strip() for t in v)):
             raise ValueError("targets must be non-empty module names (or omit for all)")
+        return v
+
+    @field_validator("fsdp")
+    @classmethod
+    def _fsdp_full_only(cls, v, info):
+        method = info.data.get("method")
+        if v and method != "full":
+            raise ValueError(f"FSDP shards full fine-tuning only, not method {method}; drop "
+                             "--fsdp (adapters train data parallel) or use --method full")
         return v
 
     def peak_lr(self) -> float:
@@ -170,12 +184,12 @@ def prepare_data(cfg: FinetuneConfig, tokenizer) -> tuple[Packed, Packed | None,
     return train, val, info
 
 
-def plan_steps(cfg: FinetuneConfig, n_batches: int) -> int:
-    """Optimizer steps for the token budget, or for ``epochs`` passes."""
-    per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+def plan_steps(cfg: FinetuneConfig, n_batches: int, world: int = 1) -> int:
+    """Optimizer steps for the token budget, or for ``epochs`` passes, over ``world`` ranks."""
+    per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * world
     if cfg.max_tokens:
         return max(1, math.ceil(cfg.max_tokens / per_step))
-    return max(1, math.ceil(cfg.epochs * n_batches / cfg.grad_accum))
+    return max(1, math.ceil(cfg.epochs * n_batches / (cfg.grad_accum * world)))
 
 
 # ---------------------------------------------------------------- early stopping
@@ -219,7 +233,7 @@ def _train_cfg(cfg: FinetuneConfig, steps: int):
                        max_steps=steps, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
                        batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, bf16=True,
                        eval_every=every, ckpt_every=max(every, 25), seed=cfg.seed,
-                       compile=cfg.compile)
+                       compile=cfg.compile, parallel="fsdp" if cfg.fsdp else "ddp")
 
 
 def _load(model) -> SLM:
@@ -240,17 +254,18 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
     Returns:
         the report dict (also written to ``out/report.json``).
     """
-    from .loop import train
+    from .loop import dist_setup, is_main, train
     out = Path(out)
     if out.exists() and not overwrite:
         raise SlmError(f"{out} already exists", "choose another --out or pass --force")
     t0 = time.time()
+    _, world = dist_setup()
     slm = _load(model)
     fingerprint = adapters.base_fingerprint(slm.model)
     n_params = slm.n_params
     train_data, val, info = prepare_data(cfg, slm.tokenizer)
     batches = PackedBatches(train_data, cfg.batch_size)
-    steps = plan_steps(cfg, len(batches))
+    steps = plan_steps(cfg, len(batches), world)
     net = adapters.setup_model(slm.model, cfg.method, rank=cfg.rank, alpha=cfg.alpha,
                                dropout=cfg.dropout, targets=cfg.targets,
                                quant_format=cfg.quant_format, quant_group=cfg.quant_group)
@@ -262,7 +277,11 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
     restored = stopper.restore_best() if stopper is not None else False
     report = _report(cfg, slm, net, rep, info, steps, restored, t0)
     report["params"] = n_params
-    _write_outputs(slm, net, cfg, work, out, fingerprint, report)
+    if is_main():                            # under torchrun rank 0 writes
+        _write_outputs(slm, net, cfg, work, out, fingerprint, report)
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
     return report
 
 
@@ -275,7 +294,8 @@ def _report(cfg, slm, net, rep, info, steps, restored, t0) -> dict:
         "params": slm.n_params, "trainable_params": adapters.trainable_params(net),
         "data": info, "planned_steps": steps, "steps": rep.steps, "tokens": rep.tokens,
         "stopped_early": rep.steps < steps, "tokens_per_s": round(rep.tokens_per_s, 1),
-        "train_time_s": round(rep.time_s, 1),
+        "train_time_s": round(rep.time_s, 1), "world_size": rep.world_size,
+        "parallel": rep.parallel, "state_bytes_per_rank": rep.state_bytes,
         "val_loss_before": ev[0]["val_loss"] if ev else None,
         "val_ppl_before": ev[0]["val_ppl"] if ev else None,
         "val_loss_after": after["val_loss"] if after else None,

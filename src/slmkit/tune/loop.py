@@ -21,6 +21,14 @@ model they hand it (what is trainable) and in the loss function.
   each optimizer step (data parallel, as DDP does), and only rank 0 writes.
   K ranks with ``grad_accum=a`` see the same batches per step as 1 rank with
   ``grad_accum=a*K``.
+- ``parallel="fsdp"`` shards instead of replicating (``slmkit.tune.fsdp``, PyTorch's
+  FSDP2): each rank holds 1/K of every parameter, gradient and AdamW moment, the
+  gradients are reduce-scattered, clipping uses the norm over all shards, and
+  checkpoints hold the full weights and optimizer state in the same files as an
+  unsharded run (either kind resumes the other's). Evaluations run on rank 0 with the
+  full weights gathered for them; the trained full weights are in ``model`` on every
+  rank at the end. Decoder layers run eager under FSDP, and adapters (LoRA) train
+  with DDP only. In one process the option changes nothing.
 """
 from __future__ import annotations
 
@@ -31,8 +39,9 @@ import random
 import re
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -53,6 +62,10 @@ COMPILE_MIN_STEPS = 20
 # Fields that change the loss curve: a checkpoint made with other values cannot be resumed.
 _CURVE_FIELDS = ("lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_decay", "batch_size",
                  "grad_accum", "max_grad_norm", "bf16", "seed", "shuffle", "adam_betas")
+PARALLEL_HELP = ("with WORLD_SIZE > 1 (torchrun): ddp keeps a full copy of the weights, "
+                 "gradients and optimizer state on every rank; fsdp shards them, so each of K "
+                 "ranks holds ~1/K (for models whose training state does not fit one process; "
+                 "all weights train, not LoRA)")
 
 
 class TrainConfig(BaseModel):
@@ -76,6 +89,7 @@ class TrainConfig(BaseModel):
                                  f"when the model has >= {COMPILE_MIN_PARAMS // 10**6}M "
                                  f"parameters and the run >= {COMPILE_MIN_STEPS} steps")
     shuffle: bool = Field(True, description="reshuffle batch order each epoch (seeded)")
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description=PARALLEL_HELP)
     eval_every: int = Field(0, ge=0, description="steps between evals; 0 = only at the end")
     eval_at_start: bool = Field(True, description="also evaluate before the first step")
     ckpt_every: int = Field(50, ge=0, description="steps between checkpoints; 0 = only at the end")
@@ -101,6 +115,8 @@ class TrainReport:
     eval_curve: list[dict] = field(default_factory=list)   # {step, tokens, **eval_fn()}
     resumed_from: int | None = None
     world_size: int = 1
+    parallel: str = "none"                 # "ddp" or "fsdp" under torchrun
+    state_bytes: int = 0                   # trainable params + grads + optimizer state, one rank
 
     @property
     def final_loss(self) -> float | None:
@@ -210,6 +226,48 @@ def _average_grads(params: list[nn.Parameter], world: int) -> None:
         offset += n
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor (its shard for an FSDP DTensor)."""
+    from torch.distributed.tensor import DTensor
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _clip_grads(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale gradients to total L2 norm <= ``max_norm`` (the norm over all shards under
+    FSDP); returns the norm before clipping."""
+    from torch.distributed.tensor import DTensor
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
+
+
+def state_bytes(params: dict, opt) -> int:
+    """Bytes this rank holds for the trainable parameters, their gradients (same size)
+    and the optimizer state."""
+    n = sum(2 * _local(p).nbytes for p in params.values())
+    return n + sum(_local(v).nbytes for st in opt.state.values() for v in st.values()
+                   if torch.is_tensor(v))
+
+
+def note(text: str) -> None:
+    """One line on stderr from rank 0."""
+    if is_main():
+        from rich.console import Console
+        Console(stderr=True, highlight=False).print(f"[yellow]note:[/] {text}")
+
+
+def use_fsdp(cfg: "TrainConfig", world: int) -> bool:
+    """Whether this run shards (``parallel="fsdp"`` and more than one rank)."""
+    if cfg.parallel != "fsdp":
+        return False
+    if world == 1:
+        note("fsdp has no effect in one process; run under torchrun --nproc-per-node K")
+    return world > 1
+
+
 # ---------------------------------------------------------------- model setup
 
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -305,18 +363,37 @@ def _rng_state() -> dict:
     return {"torch": torch.get_rng_state()}
 
 
-def save_checkpoint(work_dir: Path, params: dict, opt, state: dict, rngs: list) -> Path:
-    """Write one checkpoint atomically (temp dir + rename); keep the newest few."""
+def save_checkpoint(work_dir: Path, params, optim, state: dict, rngs: list) -> Path | None:
+    """Write one checkpoint atomically (temp dir + rename) from rank 0; keep the newest few.
+
+    Args:
+        params: full trainable tensors by name, or a function returning them.
+        optim: the optimizer's ``state_dict()`` (torch's layout, parameters by index), or
+            a function returning it.
+
+    Functions are called one after the other on every rank that calls this (under FSDP
+    they gather the shards, so rank 0 holds only one of the two in full at a time); only
+    rank 0 writes. Returns the checkpoint directory (None on other ranks).
+    """
     from safetensors.torch import save_file
+    main = is_main()
     root = Path(work_dir) / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state['step']:07d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({n: p.detach().contiguous() for n, p in params.items()},
-              str(tmp / "params.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "rng": rngs}, tmp / "trainer.pt")
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    tensors = params() if callable(params) else params
+    if main:
+        save_file({n: p.detach().contiguous() for n, p in tensors.items()},
+                  str(tmp / "params.safetensors"))
+    del tensors
+    blob = {"optimizer": optim() if callable(optim) else optim, "rng": rngs}
+    if not main:
+        return None
+    torch.save(blob, tmp / "trainer.pt")
+    del blob
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -325,8 +402,10 @@ def save_checkpoint(work_dir: Path, params: dict, opt, state: dict, rngs: list) 
     return final
 
 
-def load_checkpoint(path: Path, params: dict, opt, cfg: TrainConfig, rank: int) -> dict:
-    """Restore parameters, optimizer and RNG from ``path``; returns its state dict."""
+def load_checkpoint(path: Path, params: dict, opt, cfg: TrainConfig, rank: int,
+                    sharded=None) -> dict:
+    """Restore parameters, optimizer and RNG from ``path`` (into this rank's shards when
+    ``sharded``, a :class:`slmkit.tune.fsdp.Sharded`); returns its state dict."""
     from safetensors.torch import load_file
     state = json.loads((path / "state.json").read_text())
     if state.get("curve_fingerprint") != cfg.curve_fingerprint():
@@ -337,11 +416,18 @@ def load_checkpoint(path: Path, params: dict, opt, cfg: TrainConfig, rank: int) 
     if set(saved) != set(params):
         raise SlmError(f"checkpoint {path} holds other trainable parameters than this model",
                        "use another output directory or turn resume off")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(saved[n])
+    if sharded is not None:
+        sharded.load_weights(saved)
+    else:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n])
+    del saved
     blob = torch.load(path / "trainer.pt", weights_only=True)
-    opt.load_state_dict(blob["optimizer"])
+    if sharded is not None:
+        sharded.load_optimizer(blob.pop("optimizer"), opt)
+    else:
+        opt.load_state_dict(blob.pop("optimizer"))
     rngs = blob["rng"]
     torch.set_rng_state(rngs[min(rank, len(rngs) - 1)]["torch"])
     random.setstate(_py_rng_from_json(state["py_rng"]))
@@ -366,12 +452,12 @@ class _Run:
     eval_curve: list = field(default_factory=list)
 
 
-def _micro_step(model, batches, loss_fn, cfg, run, m, rank, world, autocast):
+def _micro_step(forward, batches, cfg, run, m, rank, world, autocast):
     """Forward + backward of one micro-batch; returns (loss, metrics, tokens)."""
     g = run.position + m * world + rank
     batch = batches[batch_index(g, len(batches), cfg.seed, cfg.shuffle)]
     with autocast:
-        loss, metrics = loss_fn(model, batch)
+        loss, metrics = forward(batch)
     if not torch.isfinite(loss):
         raise SlmError(f"training loss became {loss.item()} at step {run.step + 1}",
                        "lower the learning rate or check the data")
@@ -379,7 +465,7 @@ def _micro_step(model, batches, loss_fn, cfg, run, m, rank, world, autocast):
     return float(loss.detach()), metrics, batch_tokens(batch)
 
 
-def _optimizer_step(model, batches, loss_fn, cfg, run, opt, params, rank, world) -> dict:
+def _optimizer_step(forward, batches, cfg, run, opt, params, rank, world, sharded) -> dict:
     """One optimizer step over ``grad_accum`` micro-batches per rank; returns its log row."""
     lr = cfg.lr * lr_factor(run.step, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                             schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio)
@@ -388,15 +474,15 @@ def _optimizer_step(model, batches, loss_fn, cfg, run, opt, params, rank, world)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
     losses, sums, tokens = [], {}, 0
     for m in range(cfg.grad_accum):
-        loss, metrics, ntok = _micro_step(model, batches, loss_fn, cfg, run, m, rank, world,
-                                          autocast)
+        loss, metrics, ntok = _micro_step(forward, batches, cfg, run, m, rank, world, autocast)
         losses.append(loss)
         tokens += ntok
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v)
     plist = list(params.values())
-    _average_grads(plist, world)
-    gnorm = torch.nn.utils.clip_grad_norm_(plist, cfg.max_grad_norm or float("inf"))
+    if sharded is None:                      # FSDP reduce-scattered them in the backward
+        _average_grads(plist, world)
+    gnorm = _clip_grads(plist, cfg.max_grad_norm or float("inf"))
     opt.step()
     opt.zero_grad(set_to_none=True)
     keys = sorted(sums)
@@ -411,34 +497,39 @@ def _optimizer_step(model, batches, loss_fn, cfg, run, opt, params, rank, world)
     return row
 
 
-def _evaluate(model, eval_fn, run) -> None:
-    if eval_fn is None or not is_main():
+def _evaluate(model, eval_fn, run, sharded=None) -> None:
+    """``eval_fn`` on rank 0; under FSDP every rank first helps gather the full weights."""
+    if eval_fn is None or (sharded is None and not is_main()):
         return
-    was = model.training
-    model.eval()
-    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
-        out = eval_fn()
-    model.train(was)
+    with sharded.gathered() if sharded is not None else nullcontext():
+        if not is_main():
+            return
+        was = model.training
+        model.eval()
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+            out = eval_fn()
+        model.train(was)
     run.eval_curve.append({"step": run.step, "tokens": run.tokens,
                            **{k: float(v) for k, v in out.items()}})
 
 
-def _checkpoint(work_dir, params, opt, cfg, run, world) -> None:
+def _checkpoint(work_dir, params, opt, cfg, run, world, sharded=None) -> None:
     rngs = [_rng_state()]
     if world > 1:
         rngs = [None] * world
         dist.all_gather_object(rngs, _rng_state())
-    if not is_main():
-        return
     state = {"step": run.step, "position": run.position, "tokens": run.tokens,
              "time_s": run.time_s, "loss_curve": run.loss_curve, "eval_curve": run.eval_curve,
              "py_rng": list(random.getstate()), "curve_fingerprint": cfg.curve_fingerprint(),
              "config": cfg.model_dump(mode="json"), "world_size": world}
-    save_checkpoint(work_dir, params, opt, state, rngs)
+    if sharded is not None:                  # every rank helps gather the full tensors
+        save_checkpoint(work_dir, partial(sharded.full_trainable, list(params)),
+                        partial(sharded.full_optimizer, opt), state, rngs)
+    elif is_main():
+        save_checkpoint(work_dir, params, opt.state_dict(), state, rngs)
 
 
 def _progress(enabled: bool, total: int, done: int):
-    from contextlib import nullcontext
     if not enabled:
         return nullcontext(None)
     from rich.console import Console
@@ -471,11 +562,11 @@ def _stop_requested(run, world: int) -> bool:
     return bool(flag.item())
 
 
-def _resume(work_dir, params, opt, cfg, rank, run) -> int | None:
+def _resume(work_dir, params, opt, cfg, rank, run, sharded=None) -> int | None:
     ckpts = checkpoint_dirs(work_dir)
     if not ckpts:
         return None
-    state = load_checkpoint(ckpts[-1], params, opt, cfg, rank)
+    state = load_checkpoint(ckpts[-1], params, opt, cfg, rank, sharded)
     for k in ("step", "position", "tokens", "time_s", "loss_curve", "eval_curve"):
         setattr(run, k, state[k])
     return run.step
@@ -508,35 +599,49 @@ def train(model: nn.Module, batches, loss_fn: LossFn, cfg: TrainConfig, work_dir
     if len(batches) == 0:
         raise SlmError("no training batches", "add data or lower the batch size")
     rank, world = dist_setup()
+    fsdp = use_fsdp(cfg, world)
+    compile_ = should_compile(model, cfg)
+    if fsdp and compile_:
+        note("torch.compile is off under fsdp: the decoder layers run eager")
     threads = torch.get_num_threads()
     torch.set_num_threads(_threads(cfg, world))
     try:
-        with compiled_layers(model, should_compile(model, cfg)):
+        with compiled_layers(model, compile_ and not fsdp):
             return _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress,
-                          rank, world)
+                          rank, world, fsdp)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress, rank, world):
-    torch.manual_seed(cfg.seed + rank)
-    random.seed(cfg.seed + rank)
+def _setup(model, loss_fn, cfg, world, fsdp):
+    """(trainable params, Sharded or None, forward(batch) -> (loss, metrics))."""
     params = trainable(model)
     if not params:
         raise SlmError("the model has no trainable parameters", "unfreeze some parameters")
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model)
     _sync_params(list(params.values()), world)
-    opt, run = make_optimizer(params, cfg), _Run()
-    resumed = _resume(work_dir, params, opt, cfg, rank, run) if resume else None
     model.train()
+    if not fsdp:
+        return params, None, partial(loss_fn, model)
+    from .fsdp import Sharded
+    sharded = Sharded(model, world)
+    return sharded.trainable(), sharded, partial(sharded, loss_fn)
+
+
+def _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress, rank, world, fsdp):
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+    params, sharded, forward = _setup(model, loss_fn, cfg, world, fsdp)
+    opt, run = make_optimizer(params, cfg), _Run()
+    resumed = _resume(work_dir, params, opt, cfg, rank, run, sharded) if resume else None
     if resumed is None and cfg.eval_at_start:
-        _evaluate(model, eval_fn, run)
+        _evaluate(model, eval_fn, run, sharded)
     seg_tokens, seg_time = 0, 0.0
     with _progress(progress and is_main(), cfg.max_steps, run.step) as bar:
         while run.step < cfg.max_steps:
             t0, tok0 = time.perf_counter(), run.tokens
-            row = _optimizer_step(model, batches, loss_fn, cfg, run, opt, params, rank, world)
+            row = _optimizer_step(forward, batches, cfg, run, opt, params, rank, world, sharded)
             dt = time.perf_counter() - t0
             run.time_s += dt
             seg_time += dt
@@ -546,16 +651,21 @@ def _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress, ra
             if bar is not None and (run.step % cfg.log_every == 0 or run.step == cfg.max_steps):
                 _show(bar, run, row, seg_tokens / max(seg_time, 1e-9), cfg.max_steps)
             if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
-                _evaluate(model, eval_fn, run)
+                _evaluate(model, eval_fn, run, sharded)
                 if _stop_requested(run, world):
                     break
             if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.max_steps:
-                _checkpoint(work_dir, params, opt, cfg, run, world)
+                _checkpoint(work_dir, params, opt, cfg, run, world, sharded)
     if not run.eval_curve or run.eval_curve[-1]["step"] != run.step:
-        _evaluate(model, eval_fn, run)
-    _checkpoint(work_dir, params, opt, cfg, run, world)
+        _evaluate(model, eval_fn, run, sharded)
+    _checkpoint(work_dir, params, opt, cfg, run, world, sharded)
+    held = state_bytes(params, opt)
+    if sharded is not None:
+        del opt                              # free the moments before the full weights return
+        sharded.restore()
     model.eval()
     return TrainReport(steps=run.step, tokens=run.tokens, time_s=run.time_s,
                        tokens_per_s=seg_tokens / seg_time if seg_time else 0.0,
                        loss_curve=run.loss_curve, eval_curve=run.eval_curve,
-                       resumed_from=resumed, world_size=world)
+                       resumed_from=resumed, world_size=world, state_bytes=held,
+                       parallel="fsdp" if sharded else ("ddp" if world > 1 else "none"))
