@@ -176,10 +176,13 @@ def test_larger_student_warns_when_training_from_the_cache(files, tmp_path):
 def test_different_tokenizer_is_refused(files, tmp_path):
     s = tiny_slm("llama", seed=1)
     s.tokenizer.add_tokens(["<extra_token>"])
-    with pytest.raises(SlmError, match="different tokenizers"):
+    with pytest.raises(SlmError, match="different tokenizers") as err:
         run_distill(s, tmp_path / "out", _cfg(files), progress=False)
-    with pytest.raises(ValueError, match="cross-tokenizer"):
-        _cfg(files, cross_tokenizer=True)
+    assert "--cross-tokenizer" in err.value.fix
+    with pytest.raises(ValueError, match="live teacher"):
+        _cfg(files, cross_tokenizer=True, teacher_cache=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="w_hidden"):
+        _cfg(files, cross_tokenizer=True, w_hidden=1.0)
 
 
 def test_larger_student_warns(files, tmp_path):
@@ -241,3 +244,86 @@ def test_interrupted_run_resumes_to_same_curve(files, tmp_path, monkeypatch):
     rep = run_distill(str(files / "student"), tmp_path / "out", cfg, progress=False)
     assert rep["resumed_from"] == 3
     assert [r["loss"] for r in rep["loss_curve"]] == [r["loss"] for r in full["loss_curve"]]
+
+
+# ---------------------------------------------------------------- cross-tokenizer
+
+def _other_student(seed=1):
+    """A tiny student with its own, smaller tokenizer (384 tokens against the teacher's 512)."""
+    from transformers import AutoModelForCausalLM
+
+    from slmkit.models.io import SLM
+    from slmkit.models.tiny import tiny_config, tiny_tokenizer
+    tok = tiny_tokenizer(384)
+    cfg = tiny_config("llama", vocab_size=len(tok), num_hidden_layers=1,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    return SLM(AutoModelForCausalLM.from_config(cfg), tok, "tiny-384", {"history": []})
+
+
+def test_sorted_prob_distance_ignores_token_names():
+    from slmkit.compress.distill import sorted_prob_distance
+    torch.manual_seed(0)
+    z = torch.randn(6, 40)
+    perm = torch.randperm(40)
+    assert torch.allclose(sorted_prob_distance(z[:, perm], z, k=8), torch.zeros(6), atol=1e-6)
+    wider = torch.cat([z, torch.full((6, 10), -1e4)], 1)        # a bigger vocabulary, unused
+    assert torch.allclose(sorted_prob_distance(wider, z, k=64), torch.zeros(6), atol=1e-6)
+    s = torch.randn(6, 30, requires_grad=True)
+    d = sorted_prob_distance(s, z, k=8)
+    assert (d > 0.01).all() and (d <= 2 + 1e-6).all()
+    d.sum().backward()
+    assert s.grad.abs().sum() > 0
+
+
+def test_cross_blocks_align_positions_that_end_on_the_same_character():
+    from slmkit.compress.distill import cross_blocks
+    from slmkit.models.tiny import tiny_tokenizer
+    s_tok, t_tok = tiny_tokenizer(384), tiny_tokenizer()
+    recs = [{"text": f"def f{i}(x):\n    return sorted(x, key=len)[:{i}]  # list"}
+            for i in range(40)]
+    blocks, cross = cross_blocks(recs, s_tok, t_tok, 24)
+    assert blocks.shape[1] == 24 and cross.align.shape == blocks.shape
+    assert 0.5 < cross.aligned_fraction < 1.0          # different tokenizers: not everywhere
+    checked = 0
+    for b in range(len(blocks)):
+        for i, j in enumerate(cross.align[b].tolist()):
+            if j < 0 or int(blocks[b, i]) == s_tok.eos_token_id:
+                continue
+            s_text = s_tok.decode(blocks[b, :i + 1])
+            t_text = t_tok.decode(cross.teacher_ids[b, :j + 1])
+            tail = s_tok.decode(blocks[b, i:i + 1])
+            assert t_text.endswith(tail) and (s_text in t_text or t_text in s_text)
+            checked += 1
+    assert checked > 100
+    same_blocks, same = cross_blocks(recs, t_tok, t_tok, 24)
+    assert torch.equal(same.align, torch.arange(24).expand_as(same.align))
+    assert torch.equal(same.teacher_ids[:, :24], same_blocks)
+
+
+def test_cross_tokenizer_kd_is_zero_for_the_same_model_and_tokenizer(files):
+    from slmkit.compress.distill import DistillBatches, cross_blocks
+    from slmkit.data import load_split
+    t = load(str(files / "teacher"))
+    blocks, cross = cross_blocks(load_split(str(files / "data.txt"), "train"), t.tokenizer,
+                                 t.tokenizer, 32)
+    batch = DistillBatches(blocks, 4, cross=cross)[0]
+    module = DistillModule(copy.deepcopy(t.model), [], 64, 64)
+    cfg = _cfg(files, cross_tokenizer=True)
+    loss, m = make_loss_fn(cfg, Teacher(t.model))(module, batch)
+    assert m["kd"] == pytest.approx(0.0, abs=1e-6) and m["ce"] > 0
+
+
+def test_cross_tokenizer_distillation_trains_a_student_with_its_own_vocabulary(files, tmp_path):
+    before = _files_hash(files / "teacher")
+    rep = run_distill(_other_student(), tmp_path / "out",
+                      _cfg(files, cross_tokenizer=True, tokens=4096, w_ce=0.0), progress=False)
+    assert rep["cross_tokenizer"]["aligned_fraction"] > 0.5
+    assert rep["cross_tokenizer"]["student_vocab"] != rep["cross_tokenizer"]["teacher_vocab"]
+    assert rep["loss"]["kd"] == "sorted_prob_l1" and rep["teacher_unchanged"]
+    kd = [row["kd"] for row in rep["loss_curve"]]
+    assert all(0 < k <= 2 for k in kd) and kd[-1] < 0.8 * kd[0]     # the student moves to it
+    assert _files_hash(files / "teacher") == before
+    out = load(str(tmp_path / "out"))
+    assert len(out.tokenizer) == 384

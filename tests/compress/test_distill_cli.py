@@ -55,7 +55,7 @@ def test_cli_distill_json_and_student_config(files, tmp_path, capsys):
 @pytest.mark.parametrize("args,msg", [
     (["--kd", "kl"], "invalid option 'kd'"),
     (["--student-config", "smollm2-135m"], "exactly one of --student and --student-config"),
-    (["--cross-tokenizer"], "not supported"),
+    (["--cross-tokenizer", "--w-hidden", "1"], "pairs tokens, not hidden states"),
     (["--layer-pairs", "0-1"], "bad --layer-pairs"),
 ])
 def test_cli_distill_bad_input(files, tmp_path, capsys, args, msg):

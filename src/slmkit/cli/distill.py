@@ -61,7 +61,7 @@ def distill_cmd(
     layer_pairs: Optional[str] = typer.Option(None, "--layer-pairs", help="student:teacher layer pairs, e.g. 0:1,1:3 (default: evenly mapped)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Teacher logits kept per token (cache default 64; live default all)."),
     teacher_cache: Optional[str] = typer.Option(None, "--teacher-cache", help="Directory for cached teacher top-k logits (built on first use)."),
-    cross_tokenizer: bool = typer.Option(False, "--cross-tokenizer", help="Teacher and student tokenizers differ (not supported yet)."),
+    cross_tokenizer: bool = typer.Option(False, "--cross-tokenizer", help="Teacher and student tokenizers differ: pair positions where both tokenizations end at the same character and match sorted probabilities (Universal Logit Distillation) instead of KL. Needs the live teacher."),
     grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward to save memory."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the student's decoder layers (default: for models >= 50M params and runs >= 20 steps)."),
     no_bf16: bool = typer.Option(False, "--no-bf16", help="Train in fp32 instead of bf16 autocast."),

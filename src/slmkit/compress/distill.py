@@ -15,6 +15,15 @@ Loss per token (Hinton et al., 2015; Agarwal et al., 2024 for generalized JSD):
   elsewhere is still penalised through log q); reverse KL and JSD need p on the
   student's support too, so there the student is also renormalised over the
   same k tokens. With k = vocabulary size all three equal the exact losses.
+- Cross-tokenizer (``cross_tokenizer``, after Boizard et al. 2024, "Towards
+  Cross-Tokenizer Distillation: the Universal Logit Distillation Loss"): teacher
+  and student read the same text, each through its own tokenizer. A student
+  position is paired with the teacher position whose token ends at the same
+  character (both have then read the same text and predict what follows), and D
+  is the L1 distance between their probabilities sorted in decreasing order: the
+  k largest of each, plus the difference of the mass beyond them. The distance
+  needs no shared vocabulary, and it is 0 when the two distributions are the same
+  up to a renaming of tokens.
 - Hidden-state matching: the output of student layer s is projected (a learned
   linear map when widths differ, none when equal) and compared with teacher
   layer t by mean squared error relative to the teacher's mean square (scale-free,
@@ -35,12 +44,13 @@ import math
 import shutil
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from ..errors import SlmError
@@ -82,7 +92,8 @@ class DistillConfig(BaseModel):
     top_k: int | None = Field(None, ge=1, description="teacher logits kept per token "
                               "(None: full distribution live, 64 for a cache)")
     teacher_cache: str | None = Field(None, description="directory of cached teacher top-k logits")
-    cross_tokenizer: bool = False
+    cross_tokenizer: bool = Field(False, description="teacher and student tokenizers differ: "
+                                  "sorted-probability distance at aligned positions")
     val_tokens: int = Field(16_384, ge=0, description="held-out tokens for perplexity")
     eval_every: int = Field(0, ge=0)
     ckpt_every: int = Field(50, ge=0)
@@ -93,13 +104,15 @@ class DistillConfig(BaseModel):
     resume: bool = True
     seed: int = 0
 
-    @field_validator("cross_tokenizer")
-    @classmethod
-    def _no_cross(cls, v):
-        if v:
-            raise ValueError("cross-tokenizer distillation is not supported yet: teacher and "
-                             "student must share a tokenizer")
-        return v
+    @model_validator(mode="after")
+    def _cross(self):
+        if self.cross_tokenizer:
+            if self.teacher_cache:
+                raise ValueError("cross_tokenizer needs the live teacher: drop teacher_cache")
+            if self.w_hidden > 0:
+                raise ValueError("cross_tokenizer pairs tokens, not hidden states: "
+                                 "set w_hidden to 0")
+        return self
 
     @property
     def uses_teacher_logits(self) -> bool:
@@ -148,6 +161,22 @@ def kd_divergence(student_logits: torch.Tensor, teacher: torch.Tensor | tuple, k
         return (beta * (log_p.exp() * (log_p - log_m)).sum(-1)
                 + (1 - beta) * (log_q.exp() * (log_q - log_m)).sum(-1))
     raise ValueError(f"unknown KD loss '{kind}', use one of {KD_KINDS}")
+
+
+def sorted_prob_distance(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                         temperature: float = 1.0, k: int = 256) -> torch.Tensor:
+    """Per-position L1 distance (n,) between sorted next-token probabilities.
+
+    Student (n, Vs) and teacher (n, Vt) logits may have different vocabularies: the
+    ``k`` largest probabilities of each are compared rank by rank, and the rest of
+    the mass as one number, so the result is 0 iff the sorted distributions agree
+    on their top k and on the remaining mass.
+    """
+    k = min(k, student_logits.shape[-1], teacher_logits.shape[-1])
+    p_s = torch.softmax(student_logits.float() / temperature, dim=-1).topk(k, dim=-1).values
+    p_t = torch.softmax(teacher_logits.float() / temperature, dim=-1).topk(k, dim=-1).values
+    tail = (1 - p_s.sum(-1)) - (1 - p_t.sum(-1))
+    return (p_s - p_t).abs().sum(-1) + tail.abs()
 
 
 # ---------------------------------------------------------------- student wrapper
@@ -226,17 +255,27 @@ def make_loss_fn(cfg: DistillConfig, teacher: Teacher):
         ids = batch["input_ids"]                                           # (B, T)
         h_s, s_all = hidden_states(module.student, ids, all_layers=need_hidden)
         live = teacher.model is not None and (cfg.w_kl > 0 or need_hidden)
-        h_t, t_all = teacher.forward(ids, need_hidden) if live else (None, None)
+        cross = "t_align" in batch
         targets = shift_labels({"input_ids": ids}).reshape(-1)              # (B*T,)
         n_tok, n_ce = targets.numel(), int((targets != IGNORE_INDEX).sum())
-        h_t = h_t.reshape(n_tok, -1) if h_t is not None else None
+        n_kd = n_tok
+        if cross:           # the teacher reads its own tokens; t_row: its row per student row
+            t_ids, align = batch["t_input_ids"], batch["t_align"]
+            h_t, t_all = teacher.forward(t_ids, False) if live else (None, None)
+            offset = torch.arange(align.shape[0])[:, None] * t_ids.shape[1]
+            t_row = torch.where(align >= 0, offset + align, -1).reshape(-1)
+            n_kd = max(1, int((t_row >= 0).sum()))
+            h_t = h_t.reshape(-1, h_t.shape[-1]) if h_t is not None else None
+        else:
+            h_t, t_all = teacher.forward(ids, need_hidden) if live else (None, None)
+            h_t = h_t.reshape(n_tok, -1) if h_t is not None else None
         cached = ("t_values" in batch) and (h_t is None)
         if cached:
             t_vals = batch["t_values"].reshape(n_tok, -1)
             t_idx = batch["t_indices"].reshape(n_tok, -1)
         parts = {"kd": torch.zeros(()), "ce": torch.zeros(())}
 
-        fused = cfg.kd == "forward_kl" and not cached and not cfg.top_k
+        fused = cfg.kd == "forward_kl" and not cached and not cfg.top_k and not cross
 
         def chunk(logits: torch.Tensor, rows: slice) -> torch.Tensor:
             if fused:           # the default: value and gradient in one sweep, no graph
@@ -248,7 +287,14 @@ def make_loss_fn(cfg: DistillConfig, teacher: Teacher):
                 parts["ce"] += ce
                 return loss
             loss = torch.zeros((), device=logits.device)
-            if cfg.w_kl > 0:
+            if cfg.w_kl > 0 and cross:
+                tr = t_row[rows]
+                sel = tr >= 0
+                kd = sorted_prob_distance(logits[sel], teacher.logits(h_t[tr[sel]]),
+                                          cfg.temperature, cfg.top_k or 256).sum()
+                parts["kd"] += kd.detach()
+                loss = loss + cfg.w_kl * kd / n_kd
+            elif cfg.w_kl > 0:
                 if cached:
                     tgt = (t_vals[rows], t_idx[rows])
                 else:
@@ -268,7 +314,7 @@ def make_loss_fn(cfg: DistillConfig, teacher: Teacher):
 
         _, head, cap = backbone_and_head(module.student)
         loss = chunked_head_loss(h_s.reshape(n_tok, -1), head, chunk, cfg.chunk_tokens, cap)
-        metrics = {"kd": float(parts["kd"]) / n_tok, "ce": float(parts["ce"]) / max(1, n_ce)}
+        metrics = {"kd": float(parts["kd"]) / n_kd, "ce": float(parts["ce"]) / max(1, n_ce)}
         if need_hidden:
             hid = _hidden_loss(module, s_all, t_all)
             loss = loss + cfg.w_hidden * hid
@@ -284,8 +330,9 @@ class DistillBatches:
     """Token blocks (N, T) as batches; with a cache, each batch also carries the teacher's
     top-k logits ``t_values`` (B, T, k) and ``t_indices`` (B, T, k) of its blocks."""
 
-    def __init__(self, blocks: torch.Tensor, batch_size: int, cache=None):
-        self.blocks, self.batch_size, self.cache = blocks, batch_size, cache
+    def __init__(self, blocks: torch.Tensor, batch_size: int, cache=None,
+                 cross: "CrossBlocks | None" = None):
+        self.blocks, self.batch_size, self.cache, self.cross = blocks, batch_size, cache, cross
 
     def __len__(self) -> int:
         return len(self.blocks) // self.batch_size
@@ -297,18 +344,97 @@ class DistillBatches:
         batch = {"input_ids": self.blocks[lo:hi]}
         if self.cache is not None:
             batch["t_values"], batch["t_indices"] = self.cache.blocks(lo, hi)
+        if self.cross is not None:
+            batch["t_input_ids"] = self.cross.teacher_ids[lo:hi]
+            batch["t_align"] = self.cross.align[lo:hi]
         return batch
 
 
-def train_blocks(cfg: DistillConfig, tokenizer, world: int = 1) -> tuple[torch.Tensor, int]:
-    """(blocks (N, T) used for training, optimizer steps) for the token budget.
+@dataclass
+class CrossBlocks:
+    """The teacher's view of the student's blocks, for cross-tokenizer distillation.
+
+    ``teacher_ids`` (N, Tt): the teacher's tokens of the same text (right-padded);
+    ``align`` (N, T): for each student position, the teacher position whose token
+    ends at the same character, or -1.
+    """
+
+    teacher_ids: torch.Tensor
+    align: torch.Tensor
+
+    @property
+    def aligned_fraction(self) -> float:
+        return float((self.align >= 0).float().mean())
+
+
+def _ids_and_ends(text: str, tokenizer) -> tuple[list[int], list[int]]:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return enc["input_ids"], [e for _, e in enc["offset_mapping"]]
+
+
+def cross_blocks(records: list[dict], s_tok, t_tok, seq_len: int
+                 ) -> tuple[torch.Tensor, CrossBlocks]:
+    """Student blocks (N, T) packed as :func:`slmkit.data.blocks` does, and the teacher's
+    tokens and alignment for each (see :class:`CrossBlocks`)."""
+    from ..data import record_text
+    for name, tok in (("student", s_tok), ("teacher", t_tok)):
+        if not getattr(tok, "is_fast", False):
+            raise SlmError(f"the {name}'s tokenizer cannot report character offsets",
+                           "cross-tokenizer distillation needs fast (Rust) tokenizers")
+    s_ids, s_end, t_ids, t_end, base = [], [], [], [], 0
+    for r in records:
+        text = record_text(r, s_tok)
+        for tok, ids, ends in ((s_tok, s_ids, s_end), (t_tok, t_ids, t_end)):
+            i, e = _ids_and_ends(text, tok)
+            ids += i + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+            ends += [base + x for x in e] + ([base + len(text) + 1]
+                                              if tok.eos_token_id is not None else [])
+        base += len(text) + 1
+    n = len(s_ids) // seq_len
+    if n == 0:
+        raise SlmError(f"data has {len(s_ids)} tokens, fewer than one block of {seq_len}",
+                       "add more data or lower the sequence length")
+    t_pos = {e: j for j, e in enumerate(t_end)}          # last teacher token ending there
+    starts, t_blocks, aligns = [], [], []
+    j0 = 0
+    for b in range(n):
+        lo, hi = b * seq_len, (b + 1) * seq_len
+        c_lo = s_end[lo - 1] if lo else 0                  # text before this block
+        while j0 < len(t_end) and t_end[j0] <= c_lo:
+            j0 += 1
+        j1 = j0
+        while j1 < len(t_end) and t_end[j1] <= s_end[hi - 1]:
+            j1 += 1
+        t_blocks.append(t_ids[j0:j1])
+        aligns.append([t_pos[e] - j0 if j0 <= t_pos.get(e, -1) < j1 else -1
+                       for e in s_end[lo:hi]])
+        starts.append(lo)
+    width = max(1, max(len(t) for t in t_blocks))
+    pad = t_tok.pad_token_id if t_tok.pad_token_id is not None else (t_tok.eos_token_id or 0)
+    teacher_ids = torch.full((n, width), pad, dtype=torch.long)
+    for b, t in enumerate(t_blocks):
+        teacher_ids[b, :len(t)] = torch.tensor(t, dtype=torch.long)
+    blocks = torch.tensor(s_ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    return blocks, CrossBlocks(teacher_ids, torch.tensor(aligns, dtype=torch.long))
+
+
+def train_blocks(cfg: DistillConfig, tokenizer, world: int = 1, teacher_tokenizer=None
+                 ) -> tuple[torch.Tensor, int, CrossBlocks | None]:
+    """(blocks (N, T) used for training, optimizer steps, the teacher's view or None).
 
     When the data holds more blocks than the budget needs, a seeded random subset
     is used (so a cache covers exactly what is trained on); fewer blocks repeat
-    over epochs.
+    over epochs. With ``teacher_tokenizer`` (cross-tokenizer distillation) the
+    teacher's tokens of each block and the alignment come too.
     """
     from ..data import blocks as data_blocks
-    blocks = data_blocks(cfg.data, tokenizer, cfg.seq_len, which="train")
+    from ..data import load_split
+    cross = None
+    if teacher_tokenizer is None:
+        blocks = data_blocks(cfg.data, tokenizer, cfg.seq_len, which="train")
+    else:
+        blocks, cross = cross_blocks(load_split(cfg.data, "train"), tokenizer,
+                                     teacher_tokenizer, cfg.seq_len)
     per_step = cfg.batch_size * cfg.grad_accum * world
     steps = max(1, math.ceil(cfg.tokens / (per_step * cfg.seq_len)))
     if len(blocks) < cfg.batch_size:
@@ -320,7 +446,9 @@ def train_blocks(cfg: DistillConfig, tokenizer, world: int = 1) -> tuple[torch.T
         g = torch.Generator().manual_seed(cfg.seed)
         keep = torch.randperm(len(blocks), generator=g)[:need].sort().values
         blocks = blocks[keep]
-    return blocks, steps
+        if cross is not None:
+            cross = CrossBlocks(cross.teacher_ids[keep], cross.align[keep])
+    return blocks, steps, cross
 
 
 def val_blocks(cfg: DistillConfig, tokenizer) -> torch.Tensor | None:
@@ -363,13 +491,13 @@ def check_tokenizers(teacher_tok, student_tok) -> None:
                        "`slm prune --method vocab` (in a recipe: teacher: <the vocab step>)")
     raise SlmError("teacher and student use different tokenizers",
                    "distil into a student made from the teacher (e.g. `slm prune`) or one "
-                   "with the same tokenizer; cross-tokenizer distillation is not supported")
+                   "with the same tokenizer, or pass --cross-tokenizer")
 
 
-def check_sizes(teacher: nn.Module, student: nn.Module) -> None:
+def check_sizes(teacher: nn.Module, student: nn.Module, cross_tokenizer: bool = False) -> None:
     from ..models.io import count_params
     vt, vs = teacher.config.vocab_size, student.config.vocab_size
-    if vt != vs:
+    if vt != vs and not cross_tokenizer:
         raise SlmError(f"teacher vocab_size {vt} != student vocab_size {vs}",
                        "make the student from the teacher's config")
     nt, ns = count_params(teacher), count_params(student)
@@ -482,20 +610,23 @@ def _make_cache(cfg, teacher_slm, blocks, t_fp, rank, world, progress) -> dict:
     return tc.read_manifest(Path(cfg.teacher_cache))
 
 
-def _load_teacher(cfg, student_slm):
+def _load_teacher(cfg, student_slm, t=None):
     from ..models.io import load
-    t = load(cfg.teacher)
-    check_tokenizers(t.tokenizer, student_slm.tokenizer)
-    check_sizes(t.model, student_slm.model)
+    t = t or load(cfg.teacher)
+    if not cfg.cross_tokenizer:
+        check_tokenizers(t.tokenizer, student_slm.tokenizer)
+    check_sizes(t.model, student_slm.model, cfg.cross_tokenizer)
     Teacher(t.model)                       # freeze: eval(), requires_grad False
     return t
 
 
 def setup_teacher(cfg: DistillConfig, student_slm, blocks, rank: int, world: int,
-                  progress: bool) -> tuple:
+                  progress: bool, teacher_slm=None) -> tuple:
     """(teacher SLM or None, CacheReader or None, info dict) for this run."""
     from . import teacher_cache as tc
     info: dict = {}
+    if cfg.cross_tokenizer:
+        return _load_teacher(cfg, student_slm, teacher_slm), None, info
     if cfg.teacher_cache and cfg.w_hidden > 0:
         raise SlmError("hidden-state matching needs the live teacher, the cache holds logits only",
                        "drop --teacher-cache or set w_hidden to 0")
@@ -583,21 +714,28 @@ def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,
         raise SlmError("all loss weights are 0", "set w_kl, w_ce or w_hidden above 0")
     rank, world = dist_setup()
     s_slm = student if isinstance(student, SLM) else load(student)
-    blocks, steps = train_blocks(cfg, s_slm.tokenizer, world)
+    t_pre = load(cfg.teacher) if cfg.cross_tokenizer else None
+    blocks, steps, cross = train_blocks(cfg, s_slm.tokenizer, world,
+                                        t_pre.tokenizer if t_pre else None)
     vblocks = val_blocks(cfg, s_slm.tokenizer)
-    t_slm, cache, info = setup_teacher(cfg, s_slm, blocks, rank, world, progress)
+    t_slm, cache, info = setup_teacher(cfg, s_slm, blocks, rank, world, progress, t_pre)
+    if cross is not None:
+        info["cross_tokenizer"] = {"aligned_fraction": round(cross.aligned_fraction, 4),
+                                   "teacher_vocab": len(t_pre.tokenizer),
+                                   "student_vocab": len(s_slm.tokenizer)}
     if cache is not None and cfg.w_hidden == 0:
         t_slm = None                                    # train from the cache alone
     teacher = Teacher(t_slm.model if t_slm else None)
     if t_slm is not None:
         info.setdefault("teacher_sha256_before", weights_hash(t_slm.model))
-        if vblocks is not None and is_main():
+        if vblocks is not None and is_main() and not cfg.cross_tokenizer:
             info["teacher_val_ppl"] = block_ppl(t_slm.model, vblocks, cfg.batch_size, cfg.bf16)
     module = build_module(cfg, s_slm.model, t_slm.model if t_slm else None)
     eval_fn = None if vblocks is None else (
         lambda: {"val_ppl": block_ppl(module.student, vblocks, cfg.batch_size, cfg.bf16)})
     partial = out.with_name(out.name + ".partial")
-    rep = train(module, DistillBatches(blocks, cfg.batch_size, cache), make_loss_fn(cfg, teacher),
+    rep = train(module, DistillBatches(blocks, cfg.batch_size, cache, cross),
+                make_loss_fn(cfg, teacher),
                 _train_config(cfg, steps), partial, eval_fn=eval_fn, resume=cfg.resume,
                 progress=progress)
     if t_slm is not None:
@@ -631,7 +769,8 @@ def _report(cfg, s_slm, t_slm, rep, info, steps, world) -> dict:
          "val_ppl_before": evals[0]["val_ppl"] if evals and evals[0]["step"] == 0 else None,
          "val_ppl": evals[-1]["val_ppl"] if evals else None,
          "final_loss": rep.final_loss, "resumed_from": rep.resumed_from,
-         "loss": {"kd": cfg.kd if cfg.w_kl else None, "temperature": cfg.temperature,
+         "loss": {"kd": (("sorted_prob_l1" if cfg.cross_tokenizer else cfg.kd)
+                         if cfg.w_kl else None), "temperature": cfg.temperature,
                   "w_kl": cfg.w_kl, "w_ce": cfg.w_ce, "w_hidden": cfg.w_hidden},
          "eval_curve": evals, "loss_curve": rep.loss_curve, **info}
     before, after = info.get("teacher_sha256_before"), info.get("teacher_sha256_after")
