@@ -57,6 +57,27 @@ def test_nm_pattern_in_every_group(method, family, calib):
         assert torch.all(groups == 2), (method, family)
 
 
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_sequential_prunes_each_group_from_inputs_through_the_pruned_ones(method, calib):
+    from slmkit.compress.prune.calib import capture_inputs
+    from slmkit.compress.prune.layerwise import input_groups
+    ref = tiny_slm("llama").model
+    inputs = capture_inputs(ref, calib, 8)
+    groups = input_groups(decoder_layers(ref)[0], inputs, inputs.kwargs[0])
+    assert groups == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                      ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+    plain, seq = tiny_slm("llama").model, tiny_slm("llama").model
+    prune_model(plain, calib, PruneConfig(method=method, sparsity=0.5))
+    prune_model(seq, calib, PruneConfig(method=method, sparsity=0.5, sequential=True))
+    first_a, first_b = decoder_layers(plain)[0], decoder_layers(seq)[0]
+    for name, m in linear_layers(first_a).items():
+        same = torch.equal(m.weight, linear_layers(first_b)[name].weight)
+        # the first group sees the same inputs either way; the later ones do not
+        assert same == (name in groups[0]), name
+    for m in _linears(seq):
+        assert int((m.weight == 0).sum()) == m.weight.numel() // 2
+
+
 @pytest.mark.parametrize("method", UNSTRUCTURED)
 def test_tiny_sparsity_leaves_logits_unchanged(method, calib):
     slm = tiny_slm("llama")

@@ -21,6 +21,7 @@ def prune_cmd(
     seqlen: int = typer.Option(512, help="Tokens per calibration sequence."),
     batch_size: int = typer.Option(8, help="Calibration sequences per forward pass."),
     iterative: bool = typer.Option(False, "--iterative", help="depth: re-measure layer influence after each removal."),
+    sequential: bool = typer.Option(False, "--sequential", help="wanda/sparsegpt: inside each layer too, prune Linears in the order they run, each calibrated on inputs through the already-pruned ones (slower: one calibration pass per group of Linears)."),
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="vocab: tokens to keep at most (byte alphabet and special tokens, then the domain's by frequency, then the most general); default: every domain token."),
     min_count: int = typer.Option(1, "--min-count", help="vocab: times a token must occur in --calib to count as a domain token."),
     bf16_calib: bool = typer.Option(False, "--bf16-calib", help="wanda/sparsegpt: calibration forward passes in bf16 autocast (faster on CPU)."),
@@ -47,7 +48,8 @@ def prune_cmd(
     from ..progress import progress_bar
     cfg = config_from_options(PruneConfig, method=method, sparsity=sparsity, pattern=pattern,
                               target=target, calib=calib, nsamples=nsamples, seqlen=seqlen,
-                              batch_size=batch_size, iterative=iterative, calib_autocast=bf16_calib,
+                              batch_size=batch_size, iterative=iterative, sequential=sequential,
+                              calib_autocast=bf16_calib,
                               vocab_size=vocab_size, min_count=min_count,
                               eval_data=eval_data,
                               eval_tokens=eval_tokens, overwrite=force)

@@ -44,6 +44,9 @@ class PruneConfig(BaseModel):
         blocksize: SparseGPT columns per lazy-update block.
         damp: SparseGPT Hessian dampening, as a fraction of its mean diagonal.
         iterative: depth: re-measure layer influence after each removal.
+        sequential: Wanda/SparseGPT: inside each layer too, prune the Linears in the order
+            they run, each from inputs through the already-pruned ones (a calibration pass
+            per group of Linears sharing an input, instead of one per layer).
         vocab_size: vocab: tokens to keep at most (base and special tokens, then domain
             tokens by frequency, then the most general ones); unset: every domain token.
         min_count: vocab: occurrences in the calibration data that make a domain token.
@@ -68,6 +71,7 @@ class PruneConfig(BaseModel):
     blocksize: int = 128
     damp: float = 0.01
     iterative: bool = False
+    sequential: bool = False
     vocab_size: int | None = None
     min_count: int = 1
     calib_autocast: bool = False
@@ -204,11 +208,12 @@ def prune_model(model: torch.nn.Module, ids: torch.Tensor | None, cfg: PruneConf
         prune_each(model, partial(magnitude.prune_linear, **opts), tick)
     elif cfg.method == "wanda":
         prune_layerwise(model, ids, partial(wanda.prune_linear, **opts),
-                        batch_size=cfg.batch_size, autocast=cfg.calib_autocast, progress=tick)
+                        batch_size=cfg.batch_size, autocast=cfg.calib_autocast,
+                        sequential=cfg.sequential, progress=tick)
     else:
         fn = partial(sparsegpt.prune_linear, blocksize=cfg.blocksize, damp=cfg.damp, **opts)
         prune_layerwise(model, ids, fn, hessian=True, batch_size=cfg.batch_size,
-                        autocast=cfg.calib_autocast, progress=tick)
+                        autocast=cfg.calib_autocast, sequential=cfg.sequential, progress=tick)
     return model, {}
 
 

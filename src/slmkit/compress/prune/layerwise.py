@@ -45,9 +45,10 @@ class InputStats:
 
 
 def gather_stats(layer: nn.Module, inputs: LayerInputs, kwargs: dict,
-                 hessian: bool) -> dict[str, InputStats]:
-    """Statistics of each Linear's input over all calibration chunks (layer unchanged)."""
-    linears = linear_layers(layer)
+                 hessian: bool, only: list[str] | None = None) -> dict[str, InputStats]:
+    """Statistics of each Linear's input (or of those named in ``only``) over all
+    calibration chunks (layer unchanged)."""
+    linears = {n: m for n, m in linear_layers(layer).items() if only is None or n in only}
     stats: dict[str, InputStats] = {}
     seen: dict[tuple, tuple] = {}       # input tensor -> (first owner, tensor kept alive)
     alias: dict[str, str] = {}
@@ -74,9 +75,34 @@ def gather_stats(layer: nn.Module, inputs: LayerInputs, kwargs: dict,
 PruneFn = Callable[[nn.Linear, InputStats | None], None]
 
 
+def input_groups(layer: nn.Module, inputs: LayerInputs, kwargs: dict) -> list[list[str]]:
+    """The layer's Linears in the order they run, those reading the same input together
+    (e.g. [q, k, v], [o], [gate, up], [down] in a Llama block)."""
+    linears = linear_layers(layer)
+    groups: list[list[str]] = []
+    keys: dict[tuple, int] = {}
+    held = []
+
+    def add(name, x):
+        key = (x.data_ptr(), tuple(x.shape))
+        if any(name in g for g in groups):
+            return
+        held.append(x)                  # keep it alive so its address is not reused
+        if key in keys:
+            groups[keys[key]].append(name)
+        else:
+            keys[key] = len(groups)
+            groups.append([name])
+
+    with torch.no_grad(), input_hooks(linears, add):
+        run_layer(layer, inputs.hidden[0], kwargs)
+    return groups
+
+
 @torch.no_grad()
 def prune_layerwise(model: nn.Module, ids: torch.Tensor, prune_fn: PruneFn, *,
                     hessian: bool = False, batch_size: int = 8, autocast: bool = False,
+                    sequential: bool = False,
                     progress: Callable[[int, int], None] | None = None) -> None:
     """Prune every Linear of every decoder layer in order, feeding pruned outputs forward.
 
@@ -88,6 +114,10 @@ def prune_layerwise(model: nn.Module, ids: torch.Tensor, prune_fn: PruneFn, *,
         batch_size: calibration blocks per layer call.
         autocast: run the calibration forward passes under bf16 autocast (CPU; statistics
             are still accumulated in float32).
+        sequential: also inside a layer: prune the Linears group by group in the order
+            they run (:func:`input_groups`), each from inputs that have passed through the
+            already-pruned groups before it. One calibration pass per group instead of one
+            per layer.
         progress: called with (layers done, layers total).
     """
     layers = decoder_layers(model)
@@ -95,11 +125,15 @@ def prune_layerwise(model: nn.Module, ids: torch.Tensor, prune_fn: PruneFn, *,
     with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
         inputs = capture_inputs(model, ids, batch_size)
     for i, layer in enumerate(layers):
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-            stats = gather_stats(layer, inputs, inputs.kwargs[i], hessian)
-        for name, linear in linear_layers(layer).items():
-            prune_fn(linear, stats[name])
-        del stats
+        linears = linear_layers(layer)
+        groups = (input_groups(layer, inputs, inputs.kwargs[i]) if sequential
+                  else [list(linears)])
+        for group in groups:
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+                stats = gather_stats(layer, inputs, inputs.kwargs[i], hessian, group)
+            for name in group:
+                prune_fn(linears[name], stats[name])
+            del stats
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             inputs.hidden = [run_layer(layer, h, inputs.kwargs[i]) for h in inputs.hidden]
         if progress:
