@@ -226,6 +226,17 @@ def kv_bytes(shape: Shape, context: int, bits: int = KV_BITS) -> int:
     return int(per_token_layer * tokens)
 
 
+def weights_read(shape: Shape, q: QuantType) -> dict[str, float]:
+    """Weights read per token by GGML type: the active body at ``q.body``, the head at ``q.out``."""
+    emb = shape.vocab * shape.hidden
+    active_body = shape.active_params - emb * (1 if shape.tied else 2)
+    out: dict[str, float] = {}
+    for t, share in q.body:
+        out[t] = out.get(t, 0) + active_body * share
+    out[q.out] = out.get(q.out, 0) + emb
+    return out
+
+
 def weight_bytes(shape: Shape, q: QuantType) -> tuple[int, int]:
     """(bytes on disk/in memory, bytes read per decoded token) of the weights.
 
@@ -234,9 +245,8 @@ def weight_bytes(shape: Shape, q: QuantType) -> tuple[int, int]:
     """
     emb = shape.vocab * shape.hidden
     body = shape.params - emb * (1 if shape.tied else 2)
-    active_body = shape.active_params - emb * (1 if shape.tied else 2)
     stored = body * q.bpw + emb * q.out_bpw + (0 if shape.tied else emb * q.bpw)
-    read = active_body * q.bpw + emb * q.out_bpw
+    read = sum(TYPE_BPW[t] * n for t, n in weights_read(shape, q).items())
     return int(stored / 8), int(read / 8)
 
 
@@ -261,17 +271,6 @@ def decode_rate(shape: Shape, bytes_per_token: int, weights: dict[str, float], p
     t_compute = kernel_seconds(weights, probe) + attn_flops / (probe.fp32_gflops * 1e9)
     t = max(t_mem, t_compute) + shape.layers * LAYER_OVERHEAD_S
     return 1.0 / t, ("memory" if t_mem >= t_compute else "compute"), int(flops)
-
-
-def weights_read(shape: Shape, q: QuantType) -> dict[str, float]:
-    """Weights read per token by GGML type: the active body at ``q.body``, the head at ``q.out``."""
-    emb = shape.vocab * shape.hidden
-    active_body = shape.active_params - emb * (1 if shape.tied else 2)
-    out: dict[str, float] = {}
-    for t, share in q.body:
-        out[t] = out.get(t, 0) + active_body * share
-    out[q.out] = out.get(q.out, 0) + emb
-    return out
 
 
 def predict(name: str, qtype: str, probe: Probe, context: int = 2048,

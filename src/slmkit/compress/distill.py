@@ -395,7 +395,7 @@ def cross_blocks(records: list[dict], s_tok, t_tok, seq_len: int
         raise SlmError(f"data has {len(s_ids)} tokens, fewer than one block of {seq_len}",
                        "add more data or lower the sequence length")
     t_pos = {e: j for j, e in enumerate(t_end)}          # last teacher token ending there
-    starts, t_blocks, aligns = [], [], []
+    t_blocks, aligns = [], []
     j0 = 0
     for b in range(n):
         lo, hi = b * seq_len, (b + 1) * seq_len
@@ -408,7 +408,6 @@ def cross_blocks(records: list[dict], s_tok, t_tok, seq_len: int
         t_blocks.append(t_ids[j0:j1])
         aligns.append([t_pos[e] - j0 if j0 <= t_pos.get(e, -1) < j1 else -1
                        for e in s_end[lo:hi]])
-        starts.append(lo)
     width = max(1, max(len(t) for t in t_blocks))
     pad = t_tok.pad_token_id if t_tok.pad_token_id is not None else (t_tok.eos_token_id or 0)
     teacher_ids = torch.full((n, width), pad, dtype=torch.long)

@@ -81,12 +81,14 @@ def input_groups(layer: nn.Module, inputs: LayerInputs, kwargs: dict) -> list[li
     linears = linear_layers(layer)
     groups: list[list[str]] = []
     keys: dict[tuple, int] = {}
+    seen: set[str] = set()
     held = []
 
     def add(name, x):
         key = (x.data_ptr(), tuple(x.shape))
-        if any(name in g for g in groups):
+        if name in seen:
             return
+        seen.add(name)
         held.append(x)                  # keep it alive so its address is not reused
         if key in keys:
             groups[keys[key]].append(name)

@@ -70,17 +70,19 @@ def clipped_params(w: torch.Tensor, bits: int, sym: bool, importance: torch.Tens
     return scale, zero
 
 
+def group_params(w: torch.Tensor, bits: int, sym: bool, importance: torch.Tensor | None,
+                 clip: bool):
+    """Scale/zero (out, 1) of one group: by :func:`clipped_params`, or from its full range."""
+    return (clipped_params(w, bits, sym, importance) if clip
+            else get_format(bits).params(w, sym))
+
+
 def _group_params(w: torch.Tensor, bits: int, g: int, sym: bool,
                   importance: torch.Tensor | None = None, clip: bool = False):
     """Scale/zero (out, n_groups) from contiguous groups of ``w`` (last one may be short)."""
-    fmt = get_format(bits)
-    cols = range(0, w.shape[1], g)
-    if clip:
-        pairs = [clipped_params(w[:, c:c + g], bits, sym,
-                                None if importance is None else importance[c:c + g])
-                 for c in cols]
-    else:
-        pairs = [fmt.params(w[:, c:c + g], sym) for c in cols]
+    pairs = [group_params(w[:, c:c + g], bits, sym,
+                          None if importance is None else importance[c:c + g], clip)
+             for c in range(0, w.shape[1], g)]
     return torch.cat([p[0] for p in pairs], 1), torch.cat([p[1] for p in pairs], 1)
 
 
@@ -128,8 +130,7 @@ def gptq_weight(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, sy
             gi = col // g
             if not static and col % g == 0:         # group starts: scale from updated weights
                 rest = torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g]
-                s, z = (clipped_params(rest, bits, sym, torch.diag(H)[col:col + g]) if clip
-                        else fmt.params(rest, sym))
+                s, z = group_params(rest, bits, sym, torch.diag(H)[col:col + g], clip)
                 scale[:, gi], zero[:, gi] = s[:, 0], z[:, 0]
             s, z = scale[:, gi:gi + 1], zero[:, gi:gi + 1]
             q, _, _ = fmt.quantize_blocks(W1[:, i:i + 1], s, z)
