@@ -40,3 +40,20 @@ def test_both_engines_tokenize_alike_and_agree(engines):
 def test_chat_template_from_gguf(engines):
     msgs = [{"role": "user", "content": "hi"}]
     assert engines["pytorch"].chat_prompt(msgs) == engines["llama.cpp"].chat_prompt(msgs)
+
+
+def test_cached_conversion_finds_the_gguf_when_its_environment_is_gone(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    import slmkit
+    from slmkit.models.io import builtin_gguf
+    from slmkit.paths import cache_dir
+    slmkit.load("smollm2-135m")                           # fill the real cache once
+    cached = tmp_path / "models" / "smollm2-135m"
+    shutil.copytree(cache_dir() / "models" / "smollm2-135m", cached)
+    meta = json.loads((cached / "slmkit.json").read_text())
+    meta["gguf"] = str(tmp_path / "removed-venv" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    (cached / "slmkit.json").write_text(json.dumps(meta))
+    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))
+    assert slmkit.load("smollm2-135m").meta["gguf"] == str(builtin_gguf("smollm2-135m"))

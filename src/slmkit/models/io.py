@@ -253,6 +253,10 @@ def _load_builtin(name: str, dtype: torch.dtype) -> SLM:
         save(slm, cached, overwrite=True)
     slm = _load_dir(cached, dtype, spec=name)
     slm.meta.setdefault("source", f"builtin:{name}")
+    # The cache outlives the environment that filled it: the recorded GGUF (whose
+    # tokenizer metadata export copies) may sit in a virtual environment since removed.
+    if not Path(slm.meta.get("gguf") or "").is_file():
+        slm.meta["gguf"] = str(builtin_gguf(name))
     return slm
 
 
