@@ -125,7 +125,8 @@ def sft_loss(model: torch.nn.Module, batch: dict, chunk_tokens: int = 1024
     def ce(logits: torch.Tensor, rows: slice) -> torch.Tensor:
         return fused_ce_kl(logits, targets[rows], w_ce=1.0 / n)[0]
 
-    return chunked_head_loss(h, head, ce, chunk_tokens, softcap), {"loss_tokens": n}
+    return (chunked_head_loss(h, head, ce, chunk_tokens, softcap, upcast=False),
+            {"loss_tokens": n})
 
 
 @torch.no_grad()

@@ -11,6 +11,10 @@ model they hand it (what is trainable) and in the loss function.
   layers one by one (identical layers share one compiled graph, so compiling
   costs tens of seconds, not minutes; evaluations run eager), AdamW with warm-up and a
   cosine/linear/constant schedule, gradient clipping.
+- CPU kernels: causal attention in query blocks that skip the keys after them
+  (``tune.attention``), the output head's cross-entropy as one compiled kernel
+  (``losses.compiled_ce``), and malloc kept from handing big tensors fresh pages
+  every step (``tune.heap``).
 - Atomic checkpoints in ``work_dir/checkpoints/step-NNNNNNN/``: trainable
   parameters (safetensors), optimizer state and RNG states (``torch.save``,
   read back with ``weights_only=True``), and ``state.json`` with the step, data
@@ -51,6 +55,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import SlmError
+from .attention import blocked_attention_for
+from .heap import reuse_heap
 from .schedule import lr_factor
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
@@ -88,6 +94,9 @@ class TrainConfig(BaseModel):
     compile: bool | None = Field(None, description="torch.compile each decoder layer; None = "
                                  f"when the model has >= {COMPILE_MIN_PARAMS // 10**6}M "
                                  f"parameters and the run >= {COMPILE_MIN_STEPS} steps")
+    blocked_attention: bool = Field(True, description="causal attention in query blocks that "
+                                    "skip the keys after them (tune/attention.py) while "
+                                    "training; False = PyTorch's sdpa kernels")
     shuffle: bool = Field(True, description="reshuffle batch order each epoch (seeded)")
     parallel: Literal["ddp", "fsdp"] = Field("ddp", description=PARALLEL_HELP)
     eval_every: int = Field(0, ge=0, description="steps between evals; 0 = only at the end")
@@ -325,7 +334,8 @@ def should_compile(model: nn.Module, cfg: "TrainConfig") -> bool:
 
 @contextmanager
 def compiled_layers(model: nn.Module, enabled: bool):
-    """Compile the decoder layers in place for the duration of the block, then undo it.
+    """Compile the decoder layers in place for the duration of the block, then undo it;
+    the output head's cross-entropy runs as a compiled kernel meanwhile (``compiled_ce``).
 
     If compiling fails (no C compiler, an unsupported op), dynamo falls back to eager
     for that layer and training goes on at eager speed.
@@ -335,12 +345,15 @@ def compiled_layers(model: nn.Module, enabled: bool):
         yield 0
         return
     import torch._dynamo
+
+    from .losses import compiled_ce
     suppress = torch._dynamo.config.suppress_errors
     torch._dynamo.config.suppress_errors = True
     for layer in layers:
         layer.compile()
     try:
-        yield len(layers)
+        with compiled_ce():
+            yield len(layers)
     finally:
         for layer in layers:
             layer._compiled_call_impl = None
@@ -606,7 +619,8 @@ def train(model: nn.Module, batches, loss_fn: LossFn, cfg: TrainConfig, work_dir
     threads = torch.get_num_threads()
     torch.set_num_threads(_threads(cfg, world))
     try:
-        with compiled_layers(model, compile_ and not fsdp):
+        with (compiled_layers(model, compile_ and not fsdp), reuse_heap(),
+              blocked_attention_for(model, cfg.blocked_attention)):
             return _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress,
                           rank, world, fsdp)
     finally:

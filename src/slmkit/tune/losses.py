@@ -15,6 +15,7 @@ fine-tuning; distillation passes its own per-chunk function to
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -22,7 +23,8 @@ from torch import nn
 
 IGNORE_INDEX = -100
 
-# fn(logits (n, V) fp32, rows: slice into the N flattened tokens) -> summed loss (scalar)
+# fn(logits (n, V), rows: slice into the N flattened tokens) -> summed loss (scalar); the
+# logits are fp32, or the head's own dtype where ``chunked_head_loss(upcast=False)``
 ChunkFn = Callable[[torch.Tensor, slice], torch.Tensor]
 
 
@@ -65,7 +67,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     """sum_chunks fn(head(h[chunk])): value and gradients computed chunk by chunk."""
 
     @staticmethod
-    def forward(ctx, h, head, fn, chunk_tokens, softcap, *params):
+    def forward(ctx, h, head, fn, chunk_tokens, softcap, upcast, *params):
         grad_h = torch.zeros_like(h)
         grad_p = [torch.zeros_like(p) for p in params]
         total = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -73,7 +75,9 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             for start in range(0, h.shape[0], chunk_tokens):
                 rows = slice(start, min(start + chunk_tokens, h.shape[0]))
                 hc = h[rows].detach().requires_grad_(h.requires_grad)
-                logits = head(hc).float()                          # (n, V) fp32
+                logits = head(hc)                                  # (n, V)
+                if upcast or softcap:
+                    logits = logits.float()
                 if softcap:
                     logits = softcap * torch.tanh(logits / softcap)
                 loss = fn(logits, rows)
@@ -93,26 +97,32 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, *grad_p = ctx.saved_tensors
-        return (grad_h * grad_out, None, None, None, None, *(g * grad_out for g in grad_p))
+        return (grad_h * grad_out, None, None, None, None, None,
+                *(g * grad_out for g in grad_p))
 
 
 def chunked_head_loss(h: torch.Tensor, head: nn.Module, fn: ChunkFn,
-                      chunk_tokens: int = 1024, softcap: float | None = None) -> torch.Tensor:
+                      chunk_tokens: int = 1024, softcap: float | None = None,
+                      upcast: bool = True) -> torch.Tensor:
     """Sum over chunks of ``fn(logits_chunk, rows)`` with logits = head(h), memory O(chunk x V).
 
     Args:
         h: (N, H) hidden states of the N tokens that carry a loss.
         head: the output projection (``nn.Linear`` or any module mapping H -> V).
-        fn: per-chunk loss; gets fp32 logits (n, V) and the slice of rows of ``h``
+        fn: per-chunk loss; gets the logits (n, V) and the slice of rows of ``h``
             they belong to; returns a scalar SUM over those rows.
         chunk_tokens: rows per chunk.
         softcap: Gemma-2/3 style final logit soft-cap (``c * tanh(z / c)``).
+        upcast: hand ``fn`` fp32 logits; False keeps the head's output dtype (bf16 under
+            autocast: half the memory traffic) for a ``fn`` that upcasts where it
+            needs to, as ``fused_ce_kl`` does. With a soft-cap the logits are fp32.
 
     Returns:
         The scalar sum; differentiable w.r.t. ``h`` and the head's trainable params.
     """
     params = [p for p in head.parameters() if p.requires_grad]
-    return _ChunkedHeadLoss.apply(h, head, fn, max(1, int(chunk_tokens)), softcap, *params)
+    return _ChunkedHeadLoss.apply(h, head, fn, max(1, int(chunk_tokens)), softcap, bool(upcast),
+                                  *params)
 
 
 def _softmax_lse(x: torch.Tensor, logs: bool = False):
@@ -133,6 +143,55 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1)
 
 
+def _ce_value_and_grad(s: torch.Tensor, y: torch.Tensor, a: torch.Tensor):
+    """(sum of CE over rows with a target, ``a * (softmax(s) - onehot(y))`` on those rows in
+    s's dtype), computed in fp32. Written as one expression so that ``torch.compile``
+    turns it into two passes over ``s`` (row max and sum of exponentials, then the
+    gradient) with no (n, V) temporary in between."""
+    x = s.float()
+    m = x.amax(-1, keepdim=True)
+    e = (x - m).exp()
+    z = e.sum(-1, keepdim=True)
+    valid = y != IGNORE_INDEX
+    yc = y.clamp_min(0)[:, None]
+    ce = ((m + z.log() - x.gather(1, yc)).squeeze(1) * valid).sum()
+    onehot = torch.arange(x.shape[1], device=x.device)[None, :] == yc
+    g = (e / z - onehot.to(e.dtype)) * (a * valid)[:, None]
+    return ce, g.to(s.dtype)
+
+
+def _ce_eager(s: torch.Tensor, y: torch.Tensor, a: torch.Tensor):
+    """``_ce_value_and_grad`` for eager mode: in place, one (n, V) temporary."""
+    x = s.float()
+    valid = y != IGNORE_INDEX
+    g, lse = _softmax_lse(x)
+    ce = ((lse.squeeze(1) - x.gather(1, y.clamp_min(0)[:, None]).squeeze(1)) * valid).sum()
+    g.mul_((a * valid)[:, None].to(g.dtype))
+    rows = valid.nonzero().squeeze(1)
+    g[rows, y[rows]] -= a
+    return ce, g.to(s.dtype)
+
+
+_ce_kernel = {"compiled": None, "on": 0}
+
+
+@contextmanager
+def compiled_ce(enabled: bool = True):
+    """Within the block, cross-entropy without a teacher term runs as a compiled kernel
+    (the training loop turns this on together with its compiled decoder layers)."""
+    if enabled and _ce_kernel["compiled"] is None:
+        _ce_kernel["compiled"] = torch.compile(_ce_value_and_grad, dynamic=True)
+    _ce_kernel["on"] += bool(enabled)
+    try:
+        yield
+    finally:
+        _ce_kernel["on"] -= bool(enabled)
+
+
+def _ce_fn():
+    return _ce_kernel["compiled"] if _ce_kernel["on"] else _ce_eager
+
+
 class _FusedCeKl(torch.autograd.Function):
     """Cross-entropy and forward KL to a teacher on one chunk of logits, value and gradient
     in one sweep: d/ds of CE is ``softmax(s) - onehot(y)`` and of ``T^2 KL(p_T || q_T)`` it
@@ -141,35 +200,40 @@ class _FusedCeKl(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s, t, y, a_ce, a_kl, temperature):
+        if t is None or not a_kl:
+            ce, g = _ce_fn()(s, y, torch.tensor(a_ce, dtype=torch.float32))
+            ctx.save_for_backward(g)
+            kl = torch.zeros((), dtype=torch.float32, device=s.device)
+            ctx.mark_non_differentiable(ce, kl)
+            return a_ce * ce, ce, kl
+        dtype, s = s.dtype, s.float()
         valid = y != IGNORE_INDEX
         g, lse = _softmax_lse(s)                                    # softmax(s), logsumexp
         picked = s.gather(1, y.clamp_min(0)[:, None]).squeeze(1)
         ce = ((lse.squeeze(1) - picked) * valid).sum()
-        kl = torch.zeros((), dtype=s.dtype, device=s.device)
-        if t is not None and a_kl:
-            T = temperature
-            st = s if T == 1 else s / T
-            q_t, lse_st = (g, lse) if T == 1 else _softmax_lse(st)
-            prob, log_p = _softmax_lse(t.float() if T == 1 else t.float() / T, logs=True)
-            # KL = sum p (log p - log q_T) = sum p (log p - s/T) + lse(s/T), as sum p = 1
-            kl = (_rowdot(prob, log_p.sub_(st)) + lse_st.squeeze(1)).sum()
-            del log_p
-            coef = a_kl * T                                          # d(T^2 KL)/ds = T (q_T - p)
-            if T == 1:
-                g.mul_((a_ce * valid + coef)[:, None].to(g.dtype)).add_(prob, alpha=-coef)
-            else:
-                g.mul_((a_ce * valid)[:, None].to(g.dtype)).add_(q_t.sub_(prob), alpha=coef)
+        T = temperature
+        st = s if T == 1 else s / T
+        q_t, lse_st = (g, lse) if T == 1 else _softmax_lse(st)
+        prob, log_p = _softmax_lse(t.float() if T == 1 else t.float() / T, logs=True)
+        # KL = sum p (log p - log q_T) = sum p (log p - s/T) + lse(s/T), as sum p = 1
+        kl = (_rowdot(prob, log_p.sub_(st)) + lse_st.squeeze(1)).sum()
+        del log_p
+        coef = a_kl * T                                          # d(T^2 KL)/ds = T (q_T - p)
+        if T == 1:
+            g.mul_((a_ce * valid + coef)[:, None].to(g.dtype)).add_(prob, alpha=-coef)
         else:
-            g.mul_((a_ce * valid)[:, None].to(g.dtype))
+            g.mul_((a_ce * valid)[:, None].to(g.dtype)).add_(q_t.sub_(prob), alpha=coef)
         rows = valid.nonzero().squeeze(1)
         g[rows, y[rows]] -= a_ce
-        ctx.save_for_backward(g)
+        ctx.save_for_backward(g.to(dtype))
         ctx.mark_non_differentiable(ce, kl)
         return a_ce * ce + a_kl * temperature ** 2 * kl, ce, kl
 
     @staticmethod
     def backward(ctx, grad_loss, _g_ce, _g_kl):
         (g,) = ctx.saved_tensors
+        if grad_loss.numel() == 1 and float(grad_loss) == 1.0:     # the usual case: no copy
+            return g, None, None, None, None, None
         return g * grad_loss, None, None, None, None, None
 
 
@@ -179,7 +243,8 @@ def fused_ce_kl(logits: torch.Tensor, targets: torch.Tensor, *, w_ce: float = 1.
     """``w_ce * sum CE(logits, targets) + w_kl * T^2 * sum KL(teacher || student)`` over rows.
 
     Args:
-        logits: (n, V) fp32 student logits.
+        logits: (n, V) student logits (any float dtype; the math is fp32, the gradient
+            has the logits' dtype).
         targets: (n,) token ids, -100 for rows without a CE term (their KL still counts).
         w_ce, w_kl: weights applied to the row sums.
         teacher_logits: (n, V) teacher logits (any float dtype) or None for CE alone.
@@ -223,5 +288,5 @@ def causal_lm_loss(model: nn.Module, batch: dict, chunk_tokens: int = 1024
     def ce(logits: torch.Tensor, rows: slice) -> torch.Tensor:
         return fused_ce_kl(logits, targets[rows], w_ce=1.0 / n)[0]
 
-    loss = chunked_head_loss(h, head, ce, chunk_tokens, softcap)
+    loss = chunked_head_loss(h, head, ce, chunk_tokens, softcap, upcast=False)
     return loss, {"loss_tokens": n}
