@@ -154,3 +154,26 @@ def test_reuse_heap_avoids_page_faults_on_big_tensors():
         assert on
         assert faults() < pages // 20
     assert faults() > pages // 2                                  # defaults are back
+
+
+def test_frozen_weights_in_bf16_give_the_same_autocast_numbers_and_come_back():
+    """LoRA's frozen base held in bf16: the same logits under bf16 autocast as casting on
+    every matmul, trainable weights untouched, and the fp32 tensors back afterwards."""
+    from slmkit.tune.adapters import setup_model
+    from slmkit.tune.loop import frozen_weights_in_bf16
+    net = setup_model(tiny_slm("llama").model, "lora", rank=4, alpha=8)
+    ids = torch.randint(3, 512, (2, 16), generator=torch.Generator().manual_seed(0))
+    frozen = {n: p.detach().clone() for n, p in net.named_parameters()
+              if not p.requires_grad and p.ndim == 2 and "layers" in n}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = net(input_ids=ids).logits
+        with frozen_weights_in_bf16(net, True) as n:
+            assert n == len(frozen) > 0
+            params = dict(net.named_parameters())
+            assert all(params[k].dtype == torch.bfloat16 for k in frozen)
+            assert all(p.dtype == torch.float32 for p in params.values() if p.requires_grad)
+            got = net(input_ids=ids).logits
+    assert torch.equal(got, want)
+    params = dict(net.named_parameters())
+    assert all(params[k].dtype == torch.float32 and torch.equal(params[k], v)
+               for k, v in frozen.items())

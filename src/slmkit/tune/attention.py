@@ -9,7 +9,8 @@ softmax that ``torch.compile`` fuses. Forward + backward of one SmolLM2 layer at
 4 x 512 tokens: 27 ms against 67 ms for the flash kernel (``bench/attention.py``).
 
 The cost is memory: the backward keeps the probabilities of each block (bf16), about
-``B * heads * T^2`` bytes per layer, where the flash kernel keeps one number per row.
+``B * heads * T^2`` bytes per layer, where the flash kernel keeps one number per row
+(the backward itself is written out in ``_QueryBlock``: nothing is recomputed).
 So the blocked form is used only while gradients are on and that stays under
 ``MAX_SCORE_BYTES`` per layer; otherwise, and for everything it does not cover
 (dropout, attention sinks, a KV cache, non-causal layers), the call goes to PyTorch's
@@ -30,6 +31,36 @@ BLOCK = 64
 MAX_SCORE_BYTES = 64 * 2**20          # probabilities kept per layer for the backward
 
 
+NEG = torch.finfo(torch.float32).min
+
+
+class _QueryBlock(torch.autograd.Function):
+    """Attention of one block of queries: ``o = softmax(mask(q k^T * scale)) v``.
+
+    The backward keeps only the probabilities in the inputs' dtype (bf16 in training)
+    and uses ``rowsum(dP * P) = rowsum(dO * O)``, so no fp32 score matrix is stored
+    and none is recomputed."""
+
+    @staticmethod
+    def forward(ctx, qi, k, v, keep, scale, groups):
+        s = (qi @ k.transpose(-1, -2)).float() * scale                  # (B, Hkv, G*n, e)
+        s = s.unflatten(2, (groups, -1)).masked_fill(~keep, NEG).flatten(2, 3)
+        p = s.softmax(-1).to(v.dtype)
+        o = p @ v
+        ctx.save_for_backward(qi, k, v, p, o)
+        ctx.scale = scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        qi, k, v, p, o = ctx.saved_tensors
+        dv = p.transpose(-1, -2) @ do
+        dp = do @ v.transpose(-1, -2)
+        rowdot = (do.float() * o.float()).sum(-1, keepdim=True)
+        ds = (p.float() * (dp.float() - rowdot) * ctx.scale).to(qi.dtype)
+        return ds @ k, ds.transpose(-1, -2) @ qi, dv, None, None, None
+
+
 def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                              mask: torch.Tensor | None, scale: float, block: int = BLOCK,
                              softcap: float | None = None) -> torch.Tensor:
@@ -44,7 +75,8 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             for plain causal attention.
         scale: factor on the scores (usually D ** -0.5).
         block: query rows per block.
-        softcap: Gemma-2 style cap on the scores, ``c * tanh(s / c)``.
+        softcap: Gemma-2 style cap on the scores, ``c * tanh(s / c)`` (then autograd
+            differentiates the block as written instead of ``_QueryBlock``'s backward).
 
     Returns:
         (B, Hq, T, D) attention output, in q's dtype.
@@ -52,24 +84,24 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     b, hq, t, d = q.shape
     hkv = k.shape[1]
     g = hq // hkv
-    neg = torch.finfo(torch.float32).min
     outs = []
     for i in range(0, t, block):
         e = min(i + block, t)
         n = e - i
         qi = q[:, :, i:e].unflatten(1, (hkv, g)).flatten(2, 3)          # (B, Hkv, G*n, D)
-        s = (qi @ k[:, :, :e].transpose(-1, -2)).float() * scale        # (B, Hkv, G*n, e)
-        if softcap:
-            s = softcap * torch.tanh(s / softcap)
-        s = s.unflatten(2, (g, n))                                      # (B, Hkv, G, n, e)
         if mask is None:
             keep = (torch.arange(e, device=q.device)[None, :]
                     <= torch.arange(i, e, device=q.device)[:, None])
         else:
-            keep = mask[:, :, None, i:e, :e]
-        s = s.masked_fill(~keep, neg)
-        p = s.softmax(-1).to(v.dtype).flatten(2, 3)                     # (B, Hkv, G*n, e)
-        outs.append((p @ v[:, :, :e]).unflatten(2, (g, n)).flatten(1, 2))
+            keep = mask[:, :, None, i:e, :e]                            # (B, 1, 1, n, e)
+        if softcap:
+            s = (qi @ k[:, :, :e].transpose(-1, -2)).float() * scale
+            s = (softcap * torch.tanh(s / softcap)).unflatten(2, (g, n))
+            p = s.masked_fill(~keep, NEG).softmax(-1).to(v.dtype).flatten(2, 3)
+            o = p @ v[:, :, :e]
+        else:
+            o = _QueryBlock.apply(qi, k[:, :, :e], v[:, :, :e], keep, scale, g)
+        outs.append(o.unflatten(2, (g, n)).flatten(1, 2))
     return torch.cat(outs, 2)
 
 

@@ -13,7 +13,8 @@ model they hand it (what is trainable) and in the loss function.
   cosine/linear/constant schedule, gradient clipping.
 - CPU kernels: causal attention in query blocks that skip the keys after them
   (``tune.attention``), the output head's cross-entropy as one compiled kernel
-  (``losses.compiled_ce``), and malloc kept from handing big tensors fresh pages
+  (``losses.compiled_ce``), frozen weights held in bf16 while training in bf16
+  (``frozen_weights_in_bf16``), and malloc kept from handing big tensors fresh pages
   every step (``tune.heap``).
 - Atomic checkpoints in ``work_dir/checkpoints/step-NNNNNNN/``: trainable
   parameters (safetensors), optimizer state and RNG states (``torch.save``,
@@ -360,6 +361,32 @@ def compiled_layers(model: nn.Module, enabled: bool):
         torch._dynamo.config.suppress_errors = suppress
 
 
+@contextmanager
+def frozen_weights_in_bf16(model: nn.Module, enabled: bool):
+    """Hold the frozen fp32 weights of the decoder layers' Linears in bf16 for the block
+    and put the fp32 tensors back afterwards.
+
+    Under bf16 autocast every matmul casts its fp32 weight to bf16 anyway, on every
+    forward; holding the bf16 copy gives the same numbers without those casts (5% of a
+    LoRA step on SmolLM2-135M). Trainable weights stay fp32 (they are the optimizer's
+    master copy). Everything that runs the model inside the block must run under bf16
+    autocast, as the loop's training steps and evaluations do.
+    """
+    saved = []
+    for layer in all_decoder_layers(model) if enabled else []:
+        for m in layer.modules():
+            w = getattr(m, "weight", None)
+            if (isinstance(m, nn.Linear) and isinstance(w, torch.Tensor) and not w.requires_grad
+                    and w.dtype == torch.float32):
+                saved.append((m, w.data))
+                m.weight.data = w.data.to(torch.bfloat16)
+    try:
+        yield len(saved)
+    finally:
+        for m, data in saved:
+            m.weight.data = data
+
+
 # ---------------------------------------------------------------- checkpoints
 
 def checkpoint_dirs(work_dir: Path) -> list[Path]:
@@ -510,8 +537,9 @@ def _optimizer_step(forward, batches, cfg, run, opt, params, rank, world, sharde
     return row
 
 
-def _evaluate(model, eval_fn, run, sharded=None) -> None:
-    """``eval_fn`` on rank 0; under FSDP every rank first helps gather the full weights."""
+def _evaluate(model, eval_fn, run, sharded=None, bf16: bool = False) -> None:
+    """``eval_fn`` on rank 0 (under bf16 autocast with ``bf16``: the frozen weights may be
+    bf16 then); under FSDP every rank first helps gather the full weights."""
     if eval_fn is None or (sharded is None and not is_main()):
         return
     with sharded.gathered() if sharded is not None else nullcontext():
@@ -519,7 +547,8 @@ def _evaluate(model, eval_fn, run, sharded=None) -> None:
             return
         was = model.training
         model.eval()
-        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+        with (torch.no_grad(), torch.compiler.set_stance("force_eager"),
+              torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)):
             out = eval_fn()
         model.train(was)
     run.eval_curve.append({"step": run.step, "tokens": run.tokens,
@@ -620,7 +649,8 @@ def train(model: nn.Module, batches, loss_fn: LossFn, cfg: TrainConfig, work_dir
     torch.set_num_threads(_threads(cfg, world))
     try:
         with (compiled_layers(model, compile_ and not fsdp), reuse_heap(),
-              blocked_attention_for(model, cfg.blocked_attention)):
+              blocked_attention_for(model, cfg.blocked_attention),
+              frozen_weights_in_bf16(model, cfg.bf16 and not fsdp)):
             return _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress,
                           rank, world, fsdp)
     finally:
@@ -650,7 +680,7 @@ def _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress, ra
     opt, run = make_optimizer(params, cfg), _Run()
     resumed = _resume(work_dir, params, opt, cfg, rank, run, sharded) if resume else None
     if resumed is None and cfg.eval_at_start:
-        _evaluate(model, eval_fn, run, sharded)
+        _evaluate(model, eval_fn, run, sharded, cfg.bf16)
     seg_tokens, seg_time = 0, 0.0
     with _progress(progress and is_main(), cfg.max_steps, run.step) as bar:
         while run.step < cfg.max_steps:
@@ -665,13 +695,13 @@ def _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress, ra
             if bar is not None and (run.step % cfg.log_every == 0 or run.step == cfg.max_steps):
                 _show(bar, run, row, seg_tokens / max(seg_time, 1e-9), cfg.max_steps)
             if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
-                _evaluate(model, eval_fn, run, sharded)
+                _evaluate(model, eval_fn, run, sharded, cfg.bf16)
                 if _stop_requested(run, world):
                     break
             if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.max_steps:
                 _checkpoint(work_dir, params, opt, cfg, run, world, sharded)
     if not run.eval_curve or run.eval_curve[-1]["step"] != run.step:
-        _evaluate(model, eval_fn, run, sharded)
+        _evaluate(model, eval_fn, run, sharded, cfg.bf16)
     _checkpoint(work_dir, params, opt, cfg, run, world, sharded)
     held = state_bytes(params, opt)
     if sharded is not None:
