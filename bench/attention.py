@@ -1,9 +1,13 @@
 """CPU attention kernels at the fine-tuning step's shapes: forward + backward time per layer.
 
-SmolLM2-135M's attention at batch 4 x 512 tokens (9 query heads, 3 K/V heads of 64), bf16,
-causal: PyTorch's flash-attention kernel against its math kernel, a hand-written
-matmul/softmax version, and that version under torch.compile. Two warm-up calls, then the
-mean of five.
+SmolLM2-135M's attention at batch 4 x 512 tokens (9 query heads, 3 K/V heads of 64), bf16.
+Two masks: plain causal, and "packed": causal within each of several documents packed
+into a row (rows of 2-4 documents, as `slm finetune` packs python-docs; transformers
+then hands sdpa a (B, 1, T, T) boolean mask). Kernels: PyTorch's flash-attention kernel
+(what transformers' ``sdpa`` runs on CPU), its math kernel, a hand-written
+matmul/softmax version, that version under torch.compile, and slmkit's query-block
+attention (``slmkit.tune.attention``, what the training loop runs) eager and compiled.
+Two warm-up calls, then the mean of five.
 
     .venv/bin/python bench/attention.py
 """
@@ -15,8 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from slmkit.tune.attention import blocked_causal_attention
+
 B, H, KV, T, D = 4, 9, 3, 512, 64
-MASK = torch.full((T, T), float("-inf")).triu(1)
+DOCS = [[200, 312], [97, 150, 265], [120, 80, 180, 132], [300, 212]]    # lengths per row
+
+
+def packed_mask() -> torch.Tensor:
+    """(B, 1, T, T) bool: causal inside each document of ``DOCS``."""
+    doc = torch.tensor([[i for i, n in enumerate(row) for _ in range(n)] for row in DOCS])
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
 
 
 def timed(fn, n: int = 5) -> float:
@@ -33,24 +46,39 @@ def timed(fn, n: int = 5) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def sdpa(backend):
+def sdpa(backend, mask):
     def fn(q, k, v):
         with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                  enable_gqa=True)
     return fn
 
 
-def manual(q, k, v):
-    k, v = k.repeat_interleave(H // KV, 1), v.repeat_interleave(H // KV, 1)
-    scores = q @ k.transpose(-1, -2) * D ** -0.5 + MASK
-    return torch.softmax(scores.float(), -1).to(q.dtype) @ v
+def manual(mask):
+    keep = torch.ones(T, T, dtype=torch.bool).tril() if mask is None else mask
+
+    def fn(q, k, v):
+        k, v = k.repeat_interleave(H // KV, 1), v.repeat_interleave(H // KV, 1)
+        scores = (q @ k.transpose(-1, -2)).float() * D ** -0.5
+        return torch.softmax(scores.masked_fill(~keep, float("-inf")), -1).to(q.dtype) @ v
+    return fn
+
+
+def blocked(mask):
+    return lambda q, k, v: blocked_causal_attention(q, k, v, mask, D ** -0.5)
 
 
 def main() -> None:
     torch.set_num_threads(2)
-    for name, fn in (("flash", sdpa(SDPBackend.FLASH_ATTENTION)), ("math", sdpa(SDPBackend.MATH)),
-                     ("manual", manual), ("manual, compiled", torch.compile(manual))):
-        print(f"{name}: {timed(fn) * 1e3:.1f} ms per layer, forward + backward")
+    for label, mask in (("causal", None), ("packed", packed_mask())):
+        for name, fn in (("flash (sdpa)", sdpa(SDPBackend.FLASH_ATTENTION, mask)),
+                         ("math (sdpa)", sdpa(SDPBackend.MATH, mask)),
+                         ("manual", manual(mask)),
+                         ("manual, compiled", torch.compile(manual(mask))),
+                         ("slmkit blocked", blocked(mask)),
+                         ("slmkit blocked, compiled", torch.compile(blocked(mask)))):
+            print(f"{label:6s} {name:25s} {timed(fn) * 1e3:6.1f} ms per layer, forward + backward",
+                  flush=True)
 
 
 if __name__ == "__main__":

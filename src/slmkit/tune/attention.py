@@ -6,7 +6,7 @@ restart inside a row, so attention is block-diagonal as well as causal). Cut int
 query blocks of ``BLOCK`` rows, block i only needs keys ``0 .. end of block i``: at
 T = 512 and 64-row blocks that is 56% of the score matrix, as plain matmuls and a
 softmax that ``torch.compile`` fuses. Forward + backward of one SmolLM2 layer at
-4 x 512 tokens: 27 ms against 67 ms for the flash kernel (``bench/attention.py``).
+4 x 512 tokens: 22 ms against 57 ms for the flash kernel (``bench/attention.py``).
 
 The cost is memory: the backward keeps the probabilities of each block (bf16), about
 ``B * heads * T^2`` bytes per layer, where the flash kernel keeps one number per row
