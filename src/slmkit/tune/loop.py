@@ -370,14 +370,15 @@ def frozen_weights_in_bf16(model: nn.Module, enabled: bool):
     forward; holding the bf16 copy gives the same numbers without those casts (5% of a
     LoRA step on SmolLM2-135M). Trainable weights stay fp32 (they are the optimizer's
     master copy). Everything that runs the model inside the block must run under bf16
-    autocast, as the loop's training steps and evaluations do.
+    autocast on the CPU, as the loop's training steps and evaluations do (weights on
+    other devices are left alone).
     """
     saved = []
     for layer in all_decoder_layers(model) if enabled else []:
         for m in layer.modules():
             w = getattr(m, "weight", None)
             if (isinstance(m, nn.Linear) and isinstance(w, torch.Tensor) and not w.requires_grad
-                    and w.dtype == torch.float32):
+                    and w.dtype == torch.float32 and w.device.type == "cpu"):
                 saved.append((m, w.data))
                 m.weight.data = w.data.to(torch.bfloat16)
     try:

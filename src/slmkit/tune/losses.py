@@ -201,7 +201,7 @@ class _FusedCeKl(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s, t, y, a_ce, a_kl, temperature):
         if t is None or not a_kl:
-            ce, g = _ce_fn()(s, y, torch.tensor(a_ce, dtype=torch.float32))
+            ce, g = _ce_fn()(s, y, torch.tensor(a_ce, dtype=torch.float32, device=s.device))
             ctx.save_for_backward(g)
             kl = torch.zeros((), dtype=torch.float32, device=s.device)
             ctx.mark_non_differentiable(ce, kl)
