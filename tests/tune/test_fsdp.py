@@ -3,7 +3,6 @@ resume, and the saved models are full."""
 import json
 import os
 import shutil
-import socket
 
 import pytest
 import torch
@@ -11,18 +10,8 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.models.tiny import tiny_slm
 from slmkit.tune.losses import causal_lm_loss
-from slmkit.tune.loop import BlockBatches, TrainConfig, checkpoint_dirs, train
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")     # tiny models: threads only add overhead
-
-
-def _batches(n_blocks=16, block=32, batch_size=2):
-    g = torch.Generator().manual_seed(0)
-    base = torch.randint(3, 512, (4, block), generator=g)
-    return BlockBatches(base[torch.arange(n_blocks) % 4], batch_size)
+from slmkit.tune.loop import TrainConfig, checkpoint_dirs, train
+from train_helpers import crash_at, free_port, one_thread, packed_batches  # noqa: F401
 
 
 def _cfg(**kw):
@@ -32,16 +21,10 @@ def _cfg(**kw):
     return TrainConfig(**base)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(fn, *args):
     import torch.multiprocessing as mp
     tiny_slm("llama")       # import the model code once; forked children then start at once
-    mp.start_processes(fn, args=(2, _free_port(), *args), nprocs=2, join=True,
+    mp.start_processes(fn, args=(2, free_port(), *args), nprocs=2, join=True,
                        start_method="fork")
 
 
@@ -66,7 +49,7 @@ def _parity_rank(rank, world, port, out):
     result = {}
     for mode in ("fsdp", "ddp"):
         model = tiny_slm("llama", seed=rank).model    # different init: rank 0's is broadcast
-        rep = train(model, _batches(), causal_lm_loss, _cfg(parallel=mode, eval_every=2),
+        rep = train(model, packed_batches(), causal_lm_loss, _cfg(parallel=mode, eval_every=2),
                     f"{out}/{mode}", eval_fn=_held_out_loss(model), progress=False)
         plain = (type(model).__name__ == "LlamaForCausalLM"
                  and model.lm_head.weight is model.model.embed_tokens.weight
@@ -90,7 +73,7 @@ def test_fsdp_two_ranks_match_single_process_and_ddp(tmp_path):
         assert torch.equal(w["fsdp", 0][n], w["fsdp", 1][n]), n
         torch.testing.assert_close(w["fsdp", 0][n], w["ddp", 0][n], rtol=1e-4, atol=1e-6)
     single_model = tiny_slm("llama", seed=0).model
-    single = train(single_model, _batches(), causal_lm_loss,
+    single = train(single_model, packed_batches(), causal_lm_loss,
                    _cfg(grad_accum=2, eval_every=2), tmp_path / "single",
                    eval_fn=_held_out_loss(single_model), progress=False)
     fsdp, ddp = r0["fsdp"], r0["ddp"]
@@ -123,18 +106,12 @@ def _resume_rank(rank, world, port, out):
     import torch.distributed as dist
     _join(rank, world, port)
     cfg = _cfg(parallel="fsdp", max_steps=6, ckpt_every=3)
-    full = train(tiny_slm("llama", seed=rank).model, _batches(), causal_lm_loss, cfg,
+    full = train(tiny_slm("llama", seed=rank).model, packed_batches(), causal_lm_loss, cfg,
                  f"{out}/full", progress=False)
-    calls = {"n": 0}
-
-    def crashing(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 5:                  # dies inside step 5, after checkpoint 3
-            raise KeyboardInterrupt
-        return causal_lm_loss(model, batch)
+    crashing = crash_at(5, causal_lm_loss)      # dies inside step 5, after checkpoint 3
 
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_slm("llama", seed=rank).model, _batches(), crashing, cfg, f"{out}/cut",
+        train(tiny_slm("llama", seed=rank).model, packed_batches(), crashing, cfg, f"{out}/cut",
               progress=False)
     dist.barrier()
     if rank == 0:
@@ -143,7 +120,7 @@ def _resume_rank(rank, world, port, out):
     curves = {"full": [r["loss"] for r in full.loss_curve]}
     for name, parallel in (("cut", "fsdp"), ("cut-ddp", "ddp")):
         model = tiny_slm("llama", seed=1 + rank).model     # other weights: state is restored
-        rep = train(model, _batches(), causal_lm_loss, cfg.model_copy(update={
+        rep = train(model, packed_batches(), causal_lm_loss, cfg.model_copy(update={
             "parallel": parallel}), f"{out}/{name}", progress=False)
         curves[name] = [r["loss"] for r in rep.loss_curve]
         curves[name + "-from"] = rep.resumed_from
@@ -222,9 +199,9 @@ def test_fsdp_distill_and_finetune_save_full_models(tmp_path):
 
 
 def test_fsdp_in_one_process_changes_nothing(tmp_path, capsys):
-    a = train(tiny_slm("llama").model, _batches(), causal_lm_loss, _cfg(), tmp_path / "a",
+    a = train(tiny_slm("llama").model, packed_batches(), causal_lm_loss, _cfg(), tmp_path / "a",
               progress=False)
-    b = train(tiny_slm("llama").model, _batches(), causal_lm_loss, _cfg(parallel="fsdp"),
+    b = train(tiny_slm("llama").model, packed_batches(), causal_lm_loss, _cfg(parallel="fsdp"),
               tmp_path / "b", progress=False)
     assert [r["loss"] for r in b.loss_curve] == [r["loss"] for r in a.loss_curve]
     assert b.parallel == "none" and b.state_bytes == a.state_bytes

@@ -1,7 +1,6 @@
 """The training loop: learning, schedule, exact resume, checkpoints, data parallel."""
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -9,20 +8,9 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.models.tiny import tiny_slm
 from slmkit.tune.losses import causal_lm_loss
-from slmkit.tune.loop import (BlockBatches, TrainConfig, batch_index, checkpoint_dirs, train)
+from slmkit.tune.loop import TrainConfig, batch_index, checkpoint_dirs, train
 from slmkit.tune.schedule import lr_factor
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")     # tiny models: threads only add overhead
-
-
-def _batches(n_blocks=16, block=32, batch_size=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    # a learnable pattern: a few repeated random sequences
-    base = torch.randint(3, 512, (4, block), generator=g)
-    return BlockBatches(base[torch.arange(n_blocks) % 4], batch_size)
+from train_helpers import crash_at, free_port, one_thread, packed_batches  # noqa: F401
 
 
 def _cfg(**kw):
@@ -33,7 +21,7 @@ def _cfg(**kw):
 
 def test_training_lowers_loss_and_reports(tmp_path):
     slm = tiny_slm("llama")
-    report = train(slm.model, _batches(), causal_lm_loss, _cfg(max_steps=15, eval_every=5),
+    report = train(slm.model, packed_batches(), causal_lm_loss, _cfg(max_steps=15, eval_every=5),
                    tmp_path, eval_fn=lambda: {"dummy": 1.0}, progress=False)
     curve = [r["loss"] for r in report.loss_curve]
     assert len(curve) == 15 and report.steps == 15
@@ -46,31 +34,26 @@ def test_training_lowers_loss_and_reports(tmp_path):
 
 def test_resume_reproduces_unbroken_curve(tmp_path):
     cfg = _cfg(max_steps=8, ckpt_every=3)
-    full = train(tiny_slm("llama").model, _batches(), causal_lm_loss, cfg, tmp_path / "a",
+    full = train(tiny_slm("llama").model, packed_batches(), causal_lm_loss, cfg, tmp_path / "a",
                  progress=False)
 
-    calls = {"n": 0}
-
-    def crashing(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:                      # dies inside step 6, after checkpoint 3
-            raise KeyboardInterrupt
-        return causal_lm_loss(model, batch)
+    crashing = crash_at(6, causal_lm_loss)      # dies inside step 6, after checkpoint 3
 
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_slm("llama").model, _batches(), crashing, cfg, tmp_path / "b", progress=False)
+        train(tiny_slm("llama").model, packed_batches(), crashing, cfg, tmp_path / "b",
+              progress=False)
     assert [p.name for p in checkpoint_dirs(tmp_path / "b")] == ["step-0000003"]
     model = tiny_slm("llama", seed=1).model      # even other initial weights: state is restored
-    resumed = train(model, _batches(), causal_lm_loss, cfg, tmp_path / "b", progress=False)
+    resumed = train(model, packed_batches(), causal_lm_loss, cfg, tmp_path / "b", progress=False)
     assert resumed.resumed_from == 3
     assert [r["loss"] for r in resumed.loss_curve] == [r["loss"] for r in full.loss_curve]
 
 
 def test_resume_refuses_other_settings(tmp_path):
-    train(tiny_slm("llama").model, _batches(), causal_lm_loss, _cfg(max_steps=2), tmp_path,
+    train(tiny_slm("llama").model, packed_batches(), causal_lm_loss, _cfg(max_steps=2), tmp_path,
           progress=False)
     with pytest.raises(SlmError, match="other training settings"):
-        train(tiny_slm("llama").model, _batches(), causal_lm_loss, _cfg(max_steps=2, lr=1e-3),
+        train(tiny_slm("llama").model, packed_batches(), causal_lm_loss, _cfg(max_steps=2, lr=1e-3),
               tmp_path, progress=False)
 
 
@@ -78,9 +61,9 @@ def test_grad_accum_equals_bigger_batch(tmp_path):
     """2 micro-batches of 1 accumulate to the gradient of one batch of 2."""
     cfg1 = _cfg(max_steps=3, grad_accum=2, batch_size=1, shuffle=False, bf16=False)
     cfg2 = _cfg(max_steps=3, grad_accum=1, batch_size=2, shuffle=False, bf16=False)
-    a = train(tiny_slm("llama").model, _batches(batch_size=1), causal_lm_loss, cfg1,
+    a = train(tiny_slm("llama").model, packed_batches(batch_size=1), causal_lm_loss, cfg1,
               tmp_path / "a", progress=False)
-    b = train(tiny_slm("llama").model, _batches(batch_size=2), causal_lm_loss, cfg2,
+    b = train(tiny_slm("llama").model, packed_batches(batch_size=2), causal_lm_loss, cfg2,
               tmp_path / "b", progress=False)
     for ra, rb in zip(a.loss_curve, b.loss_curve):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
@@ -88,10 +71,10 @@ def test_grad_accum_equals_bigger_batch(tmp_path):
 
 def test_grad_checkpointing_keeps_the_curve(tmp_path):
     cfg = dict(max_steps=3, bf16=False, shuffle=False)
-    a = train(tiny_slm("llama").model, _batches(), causal_lm_loss, _cfg(**cfg), tmp_path / "a",
-              progress=False)
+    a = train(tiny_slm("llama").model, packed_batches(), causal_lm_loss, _cfg(**cfg),
+              tmp_path / "a", progress=False)
     model = tiny_slm("llama").model
-    b = train(model, _batches(), causal_lm_loss, _cfg(grad_checkpointing=True, **cfg),
+    b = train(model, packed_batches(), causal_lm_loss, _cfg(grad_checkpointing=True, **cfg),
               tmp_path / "b", progress=False)
     assert model.model.gradient_checkpointing
     assert [r["loss"] for r in b.loss_curve] == pytest.approx([r["loss"] for r in a.loss_curve],
@@ -103,8 +86,8 @@ def test_compiled_layers_keep_the_curve_and_are_undone(tmp_path):
     the model is plain again afterwards (saving, merging and inference see no wrapper)."""
     from slmkit.tune.loop import all_decoder_layers, should_compile
     cfg = dict(max_steps=3, bf16=False, shuffle=False)
-    a = train(tiny_slm("llama").model, _batches(), causal_lm_loss, _cfg(**cfg), tmp_path / "a",
-              progress=False)
+    a = train(tiny_slm("llama").model, packed_batches(), causal_lm_loss, _cfg(**cfg),
+              tmp_path / "a", progress=False)
     model = tiny_slm("llama").model
     seen = []
 
@@ -114,7 +97,7 @@ def test_compiled_layers_keep_the_curve_and_are_undone(tmp_path):
 
     from torch._dynamo.utils import counters
     counters.clear()
-    b = train(model, _batches(), causal_lm_loss, _cfg(compile=True, eval_every=1, **cfg),
+    b = train(model, packed_batches(), causal_lm_loss, _cfg(compile=True, eval_every=1, **cfg),
               tmp_path / "b", eval_fn=eval_fn, progress=False)
     assert counters["stats"]["unique_graphs"] >= 1            # the layers did run compiled
     assert [r["loss"] for r in b.loss_curve] == pytest.approx([r["loss"] for r in a.loss_curve],
@@ -169,18 +152,13 @@ def test_chunked_ce_matches_hf_loss_and_grads():
 
 # ---------------------------------------------------------------- two ranks (gloo)
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
     import torch.distributed as dist
     model = tiny_slm("llama", seed=rank).model   # different init: rank 0's is broadcast
-    rep = train(model, _batches(), causal_lm_loss, _cfg(max_steps=4, grad_accum=1, bf16=False),
+    rep = train(model, packed_batches(), causal_lm_loss,
+                _cfg(max_steps=4, grad_accum=1, bf16=False),
                 f"{out_dir}/ddp", progress=False)
     from safetensors.torch import save_file
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters()},
@@ -226,12 +204,12 @@ def test_two_ranks_match_single_process(tmp_path):
     from safetensors.torch import load_file
     tiny_slm("llama")       # import the model code once; forked children then start at once
     # fork: the children reuse the imported modules (spawn re-imports torch + transformers)
-    mp.start_processes(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+    mp.start_processes(_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
                        start_method="fork")
     w0, w1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     for n in w0:
         assert torch.equal(w0[n], w1[n]), n
-    single = train(tiny_slm("llama", seed=0).model, _batches(), causal_lm_loss,
+    single = train(tiny_slm("llama", seed=0).model, packed_batches(), causal_lm_loss,
                    _cfg(max_steps=4, grad_accum=2, bf16=False), tmp_path / "single",
                    progress=False)
     ddp = json.loads((tmp_path / "curve.json").read_text())
