@@ -34,6 +34,15 @@ MAX_SCORE_BYTES = 64 * 2**20          # probabilities kept per layer for the bac
 NEG = torch.finfo(torch.float32).min
 
 
+def _block_probs(qi, k, keep, scale, groups, dtype, softcap=None) -> torch.Tensor:
+    """Probabilities of one block of queries, (B, Hkv, G*n, e), in ``dtype`` (the values')."""
+    s = (qi @ k.transpose(-1, -2)).float() * scale                      # (B, Hkv, G*n, e)
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    s = s.unflatten(2, (groups, -1)).masked_fill(~keep, NEG).flatten(2, 3)
+    return s.softmax(-1).to(dtype)
+
+
 class _QueryBlock(torch.autograd.Function):
     """Attention of one block of queries: ``o = softmax(mask(q k^T * scale)) v``.
 
@@ -43,9 +52,7 @@ class _QueryBlock(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qi, k, v, keep, scale, groups):
-        s = (qi @ k.transpose(-1, -2)).float() * scale                  # (B, Hkv, G*n, e)
-        s = s.unflatten(2, (groups, -1)).masked_fill(~keep, NEG).flatten(2, 3)
-        p = s.softmax(-1).to(v.dtype)
+        p = _block_probs(qi, k, keep, scale, groups, v.dtype)
         o = p @ v
         ctx.save_for_backward(qi, k, v, p, o)
         ctx.scale = scale
@@ -95,10 +102,7 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         else:
             keep = mask[:, :, None, i:e, :e]                            # (B, 1, 1, n, e)
         if softcap:
-            s = (qi @ k[:, :, :e].transpose(-1, -2)).float() * scale
-            s = (softcap * torch.tanh(s / softcap)).unflatten(2, (g, n))
-            p = s.masked_fill(~keep, NEG).softmax(-1).to(v.dtype).flatten(2, 3)
-            o = p @ v[:, :, :e]
+            o = _block_probs(qi, k[:, :, :e], keep, scale, g, v.dtype, softcap) @ v[:, :, :e]
         else:
             o = _QueryBlock.apply(qi, k[:, :, :e], v[:, :, :e], keep, scale, g)
         outs.append(o.unflatten(2, (g, n)).flatten(1, 2))

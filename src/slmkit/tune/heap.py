@@ -25,7 +25,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 DEFAULT_TRIM_THRESHOLD = 128 * 1024
 DEFAULT_MMAP_MAX = 65536
-NO_TRIM = 2**62
+NO_TRIM = 2**31 - 1                 # the largest value mallopt takes (an int)
 
 
 @lru_cache(maxsize=1)
@@ -44,7 +44,7 @@ def _libc():
 
 def _set(param: int, value: int) -> bool:
     libc = _libc()
-    return bool(libc is not None and libc.mallopt(param, min(value, 2**31 - 1)) == 1)
+    return bool(libc is not None and libc.mallopt(param, value) == 1)
 
 
 @contextmanager

@@ -376,11 +376,12 @@ def frozen_weights_in_bf16(model: nn.Module, enabled: bool):
     saved = []
     for layer in all_decoder_layers(model) if enabled else []:
         for m in layer.modules():
-            w = getattr(m, "weight", None)
-            if (isinstance(m, nn.Linear) and isinstance(w, torch.Tensor) and not w.requires_grad
-                    and w.dtype == torch.float32 and w.device.type == "cpu"):
+            if not isinstance(m, nn.Linear):
+                continue
+            w = m.weight
+            if not w.requires_grad and w.dtype == torch.float32 and w.device.type == "cpu":
                 saved.append((m, w.data))
-                m.weight.data = w.data.to(torch.bfloat16)
+                w.data = w.data.to(torch.bfloat16)
     try:
         yield len(saved)
     finally:
