@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from slmkit.tune.attention import blocked_causal_attention
+from slmkit.tune.attention import blocked_causal_attention, mask_bias
 
 B, H, KV, T, D = 4, 9, 3, 512, 64
 DOCS = [[200, 312], [97, 150, 265], [120, 80, 180, 132], [300, 212]]    # lengths per row
@@ -65,7 +65,10 @@ def manual(mask):
 
 
 def blocked(mask):
-    return lambda q, k, v: blocked_causal_attention(q, k, v, mask, D ** -0.5)
+    # as in training: the model's mask function hands the layers an additive bias, made
+    # once per forward
+    bias = None if mask is None else mask_bias(mask)
+    return lambda q, k, v: blocked_causal_attention(q, k, v, bias, D ** -0.5)
 
 
 def main() -> None:

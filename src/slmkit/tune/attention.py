@@ -8,6 +8,11 @@ T = 512 and 64-row blocks that is 56% of the score matrix, as plain matmuls and 
 softmax that ``torch.compile`` fuses. Forward + backward of one SmolLM2 layer at
 4 x 512 tokens: 22 ms against 57 ms for the flash kernel (``bench/attention.py``).
 
+The mask reaches the blocks as an additive fp32 bias (0 where a query may attend, a
+large negative number where not), made once per forward by the mask function registered
+with the attention: a boolean mask read inside the softmax makes the fused kernel about
+six times slower on this path than the same softmax with a bias added.
+
 The cost is memory: the backward keeps the probabilities of each block (bf16), about
 ``B * heads * T^2`` bytes per layer, where the flash kernel keeps one number per row
 (the backward itself is written out in ``_QueryBlock``: nothing is recomputed).
@@ -31,16 +36,28 @@ BLOCK = 64
 MAX_SCORE_BYTES = 64 * 2**20          # probabilities kept per layer for the backward
 
 
-NEG = torch.finfo(torch.float32).min
+# masked scores: finite, and exact in bf16 too, so a row with no key left gets a uniform
+# softmax (as transformers' eager attention) rather than NaN
+NEG = torch.finfo(torch.bfloat16).min
+
+
+def mask_bias(mask: torch.Tensor) -> torch.Tensor:
+    """(..., T, T) fp32 additive bias from a boolean keep-mask: 0 where kept, ``NEG`` where not."""
+    return torch.where(mask, torch.zeros((), dtype=torch.float32, device=mask.device),
+                       torch.tensor(NEG, dtype=torch.float32, device=mask.device))
 
 
 def _block_probs(qi, k, keep, scale, groups, dtype, softcap=None) -> torch.Tensor:
-    """Probabilities of one block of queries, (B, Hkv, G*n, e), in ``dtype`` (the values')."""
+    """Probabilities of one block of queries, (B, Hkv, G*n, e), in ``dtype`` (the values').
+
+    ``keep`` is the block's additive bias (B, 1, 1, n, e), or a boolean (n, e) causal
+    keep-mask when the layer has no mask."""
     s = (qi @ k.transpose(-1, -2)).float() * scale                      # (B, Hkv, G*n, e)
     if softcap:
         s = softcap * torch.tanh(s / softcap)
-    s = s.unflatten(2, (groups, -1)).masked_fill(~keep, NEG).flatten(2, 3)
-    return s.softmax(-1).to(dtype)
+    s = s.unflatten(2, (groups, -1))
+    s = s.masked_fill(~keep, NEG) if keep.dtype == torch.bool else s + keep
+    return s.flatten(2, 3).softmax(-1).to(dtype)
 
 
 class _QueryBlock(torch.autograd.Function):
@@ -77,9 +94,10 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q: (B, Hq, T, D) queries.
         k, v: (B, Hkv, T, D) keys and values; Hq must be a multiple of Hkv (grouped
             queries share a key head without copying it).
-        mask: (B, 1, T, T) bool, True where a query may attend (already causal, e.g.
-            block-diagonal per packed document or with a sliding window), or None
-            for plain causal attention.
+        mask: (B, 1, T, T) where a query may attend (already causal, e.g.
+            block-diagonal per packed document or with a sliding window): bool, True
+            where kept, or an fp32 additive bias as ``mask_bias`` makes; or None for
+            plain causal attention.
         scale: factor on the scores (usually D ** -0.5).
         block: query rows per block.
         softcap: Gemma-2 style cap on the scores, ``c * tanh(s / c)`` (then autograd
@@ -91,6 +109,8 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     b, hq, t, d = q.shape
     hkv = k.shape[1]
     g = hq // hkv
+    if mask is not None and mask.dtype == torch.bool:
+        mask = mask_bias(mask)
     outs = []
     for i in range(0, t, block):
         e = min(i + block, t)
@@ -117,7 +137,7 @@ def _usable(module, query, key, attention_mask, dropout, kwargs) -> bool:
         return False
     if hq % key.shape[1] or not getattr(module, "is_causal", True):
         return False
-    if attention_mask is not None and (attention_mask.dtype != torch.bool
+    if attention_mask is not None and (attention_mask.dtype not in (torch.bool, torch.float32)
                                        or attention_mask.shape[1] != 1
                                        or attention_mask.shape[-2:] != (t, t)):
         return False
@@ -130,6 +150,8 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     """transformers' attention interface: (B, H, T, D) inputs -> ((B, T, H, D), None)."""
     if not _usable(module, query, key, attention_mask, dropout, kwargs):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask.to(query.dtype)       # sdpa: bias in q's dtype
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
@@ -138,11 +160,20 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     return out.transpose(1, 2).contiguous(), None
 
 
+def bias_mask(*args, **kwargs) -> torch.Tensor | None:
+    """transformers' mask function for this attention: sdpa's boolean mask (None where
+    plain causal attention needs none) as an fp32 additive bias, made once per forward."""
+    from transformers.masking_utils import sdpa_mask
+    kwargs.pop("dtype", None)
+    mask = sdpa_mask(*args, **kwargs)
+    return None if mask is None else mask_bias(mask)
+
+
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
     AttentionInterface.register(NAME, attention_forward)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, bias_mask)
 
 
 @contextmanager

@@ -6,16 +6,16 @@ model they hand it (what is trainable) and in the loss function.
 - ``batches`` is a sized, indexable dataset of batches (dicts of tensors). The
   loop's data position is an integer, so a resumed run reads exactly the batches
   the unbroken run would have read.
-- bf16 autocast on CPU (parameters and optimizer state stay fp32), gradient
+- bf16 autocast on CPU (trainable parameters and optimizer state stay fp32; the frozen
+  ones are held in bf16 while training, ``frozen_weights_in_bf16``), gradient
   accumulation, optional gradient checkpointing, ``torch.compile`` of the decoder
   layers one by one (identical layers share one compiled graph, so compiling
   costs tens of seconds, not minutes; evaluations run eager), AdamW with warm-up and a
   cosine/linear/constant schedule, gradient clipping.
 - CPU kernels: causal attention in query blocks that skip the keys after them
   (``tune.attention``), the output head's cross-entropy as one compiled kernel
-  (``losses.compiled_ce``), frozen weights held in bf16 while training in bf16
-  (``frozen_weights_in_bf16``), and malloc kept from handing big tensors fresh pages
-  every step (``tune.heap``).
+  (``losses.compiled_ce``), and malloc kept from handing big tensors fresh pages every
+  step (``tune.heap``).
 - Atomic checkpoints in ``work_dir/checkpoints/step-NNNNNNN/``: trainable
   parameters (safetensors), optimizer state and RNG states (``torch.save``,
   read back with ``weights_only=True``), and ``state.json`` with the step, data
@@ -68,7 +68,8 @@ COMPILE_MIN_PARAMS = 50_000_000
 COMPILE_MIN_STEPS = 20
 # Fields that change the loss curve: a checkpoint made with other values cannot be resumed.
 _CURVE_FIELDS = ("lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_decay", "batch_size",
-                 "grad_accum", "max_grad_norm", "bf16", "seed", "shuffle", "adam_betas")
+                 "grad_accum", "max_grad_norm", "bf16", "bf16_base", "seed", "shuffle",
+                 "adam_betas")
 PARALLEL_HELP = ("with WORLD_SIZE > 1 (torchrun): ddp keeps a full copy of the weights, "
                  "gradients and optimizer state on every rank; fsdp shards them, so each of K "
                  "ranks holds ~1/K (for models whose training state does not fit one process; "
@@ -91,6 +92,11 @@ class TrainConfig(BaseModel):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step and rank")
     max_grad_norm: float = Field(1.0, ge=0, description="clip total grad norm; 0 = off")
     bf16: bool = Field(True, description="bf16 autocast (weights stay fp32)")
+    bf16_base: bool = Field(True, description="with bf16: hold the frozen weights (embeddings, "
+                            "norms, head) in bf16 while training, so hidden states run in "
+                            "bf16 as in the checkpoint's own dtype; False = fp32 hidden "
+                            "states (only the frozen Linear weights in bf16: plain "
+                            "autocast's numbers)")
     grad_checkpointing: bool = False
     compile: bool | None = Field(None, description="torch.compile each decoder layer; None = "
                                  f"when the model has >= {COMPILE_MIN_PARAMS // 10**6}M "
@@ -362,31 +368,41 @@ def compiled_layers(model: nn.Module, enabled: bool):
 
 
 @contextmanager
-def frozen_weights_in_bf16(model: nn.Module, enabled: bool):
-    """Hold the frozen fp32 weights of the decoder layers' Linears in bf16 for the block
-    and put the fp32 tensors back afterwards.
+def frozen_weights_in_bf16(model: nn.Module, enabled: bool, whole_base: bool = False):
+    """Hold frozen fp32 weights in bf16 for the block and put the fp32 tensors back
+    afterwards. Trainable weights stay fp32 (they are the optimizer's master copy), and
+    so do buffers (a quantized base's codes and scales, rotary frequencies).
 
-    Under bf16 autocast every matmul casts its fp32 weight to bf16 anyway, on every
-    forward; holding the bf16 copy gives the same numbers without those casts (5% of a
-    LoRA step on SmolLM2-135M). Trainable weights stay fp32 (they are the optimizer's
-    master copy). Everything that runs the model inside the block must run under bf16
-    autocast on the CPU, as the loop's training steps and evaluations do (weights on
-    other devices are left alone).
+    By default only the decoder layers' frozen Linear weights: under bf16 autocast every
+    matmul casts its fp32 weight to bf16 anyway, on every forward, so the bf16 copy gives
+    the same numbers without those casts (5% of a LoRA step on SmolLM2-135M).
+
+    ``whole_base`` takes every frozen weight (embeddings, norms, output head too): the
+    hidden states then run in bf16 between the layers, as they do when the model runs in
+    the bf16 its checkpoint ships in. Not the same numbers as fp32 hidden states, and
+    6% faster again: the norms, residual adds and rotary embeddings move half the bytes.
+
+    Everything that runs the model inside the block must run under bf16 autocast on the
+    CPU, as the loop's training steps and evaluations do (weights on other devices are
+    left alone).
     """
     saved = []
-    for layer in all_decoder_layers(model) if enabled else []:
-        for m in layer.modules():
-            if not isinstance(m, nn.Linear):
-                continue
-            w = m.weight
-            if not w.requires_grad and w.dtype == torch.float32 and w.device.type == "cpu":
-                saved.append((m, w.data))
-                w.data = w.data.to(torch.bfloat16)
+    if enabled and whole_base:
+        weights = list(model.parameters())                  # shared (tied) weights once
+    elif enabled:
+        weights = [m.weight for layer in all_decoder_layers(model) for m in layer.modules()
+                   if isinstance(m, nn.Linear)]
+    else:
+        weights = []
+    for w in weights:
+        if not w.requires_grad and w.dtype == torch.float32 and w.device.type == "cpu":
+            saved.append((w, w.data))
+            w.data = w.data.to(torch.bfloat16)
     try:
         yield len(saved)
     finally:
-        for m, data in saved:
-            m.weight.data = data
+        for w, data in saved:
+            w.data = data
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -652,7 +668,7 @@ def train(model: nn.Module, batches, loss_fn: LossFn, cfg: TrainConfig, work_dir
     try:
         with (compiled_layers(model, compile_ and not fsdp), reuse_heap(),
               blocked_attention_for(model, cfg.blocked_attention),
-              frozen_weights_in_bf16(model, cfg.bf16 and not fsdp)):
+              frozen_weights_in_bf16(model, cfg.bf16 and not fsdp, cfg.bf16_base)):
             return _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress,
                           rank, world, fsdp)
     finally:
