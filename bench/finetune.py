@@ -8,9 +8,19 @@
 interleaved, and prints each variant's median tokens/s and its ratio to the
 plain PEFT fp32 loop measured in the same run. Setting: LoRA r=16 on all
 linear layers of the decoder, no LoRA dropout on either side, batch 4 x 512
-tokens of python-docs. The first step of each variant is left out of its
-tokens/s (warm-up; for `slm finetune` it includes compiling the decoder
-layers) and reported as "first step s".
+tokens of python-docs. Variants:
+
+    peft-fp32       the plain loop in fp32 (the reference)
+    peft-bf16       the same under bf16 autocast
+    peft-bf16w      the model loaded in bf16 (PEFT keeps the adapter fp32), bf16 autocast
+    slm-lora        `slm finetune --method lora`
+    slm-lora-fp32h  the same with --fp32-hidden
+    slm-lora-eager  the same with --no-compile
+    slm-qlora       `slm finetune --method qlora`
+
+The first ``--warmup`` steps of each variant are left out of its tokens/s (for
+`slm finetune` the first includes compiling the decoder layers, and the
+second still grows the heap); the first step's time is reported as "first step s".
 """
 from __future__ import annotations
 
@@ -31,15 +41,19 @@ MODEL = "smollm2-135m"
 BATCH, SEQ = 4, 512
 from slmkit.paths import peak_rss  # noqa: E402
 
-VARIANTS = ("peft-fp32", "peft-bf16", "slm-lora", "slm-lora-eager", "slm-qlora")
+VARIANTS = ("peft-fp32", "peft-bf16", "peft-bf16w", "slm-lora", "slm-lora-fp32h",
+            "slm-lora-eager", "slm-qlora")
 
 
-def plain_peft(steps: int, bf16: bool) -> dict:
-    """The usual loop: PEFT LoRA, HF forward with labels (full logits), AdamW."""
+def plain_peft(steps: int, bf16: bool, bf16_weights: bool = False, warmup: int = 2) -> dict:
+    """The usual loop: PEFT LoRA, HF forward with labels (full logits), AdamW; with
+    ``bf16_weights`` the model is loaded in bf16 (PEFT keeps the adapter in fp32)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from slmkit import data, load
     slm = load(MODEL)
+    if bf16_weights:
+        slm.model.to(torch.bfloat16)
     blocks = data.blocks("python-docs", slm.tokenizer, SEQ)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = get_peft_model(slm.model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
@@ -47,7 +61,7 @@ def plain_peft(steps: int, bf16: bool) -> dict:
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     times = []
-    for i in range(steps + 1):                       # first step is warm-up
+    for i in range(steps + warmup):                  # the first ``warmup`` steps are not timed
         x = blocks[i * BATCH:(i + 1) * BATCH]
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -56,33 +70,35 @@ def plain_peft(steps: int, bf16: bool) -> dict:
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t0)
-    return {"tokens_per_s": BATCH * SEQ * steps / sum(times[1:]), "peak_rss": peak_rss(),
-            "first_step_s": times[0]}
+    return {"tokens_per_s": BATCH * SEQ * steps / sum(times[warmup:]), "peak_rss": peak_rss(),
+            "first_step_s": times[0], "step_s": times[warmup:]}
 
 
-def slm_finetune(steps: int, method: str, compile_: bool = True) -> dict:
+def slm_finetune(steps: int, method: str, compile_: bool = True, bf16_base: bool = True,
+                 warmup: int = 2) -> dict:
     """`slm finetune` itself (run_finetune), timed by the loop over training steps only."""
     from slmkit.tune.finetune import FinetuneConfig, run_finetune
     with tempfile.TemporaryDirectory() as d:
         cfg = FinetuneConfig(data="python-docs", method=method, rank=16, alpha=32,
-                             seq_len=SEQ, batch_size=BATCH, max_tokens=BATCH * SEQ * (steps + 1),
+                             seq_len=SEQ, batch_size=BATCH, max_tokens=BATCH * SEQ * (steps + warmup),
                              max_val_blocks=1, eval_every=10_000, patience=0, resume=False,
-                             compile=compile_)
+                             compile=compile_, bf16_base=bf16_base)
         rep = run_finetune(MODEL, Path(d) / "out", cfg, progress=False)
-    # the loop's tokens/s includes the first (warm-up) step: recompute without it, as for
-    # the plain loops, from the per-step times the loop records
-    rows = rep["loss_curve"][1:]
-    tps = (rows[-1]["tokens"] - rep["loss_curve"][0]["tokens"]) / sum(r["step_s"] for r in rows)
+    # the loop's tokens/s includes the warm-up steps: recompute without them, as for the
+    # plain loops, from the per-step times the loop records
+    rows = rep["loss_curve"][warmup:]
+    tps = (rows[-1]["tokens"] - rep["loss_curve"][warmup - 1]["tokens"]) / sum(
+        r["step_s"] for r in rows)
     return {"tokens_per_s": tps, "peak_rss": peak_rss(), "train_time_s": rep["train_time_s"],
-            "first_step_s": rep["loss_curve"][0]["step_s"]}
+            "first_step_s": rep["loss_curve"][0]["step_s"], "step_s": [r["step_s"] for r in rows]}
 
 
-def run_variant(name: str, steps: int) -> dict:
-    if name == "peft-fp32":
-        return plain_peft(steps, False)
-    if name == "peft-bf16":
-        return plain_peft(steps, True)
-    return slm_finetune(steps, name.split("-")[1], compile_=not name.endswith("-eager"))
+def run_variant(name: str, steps: int, warmup: int) -> dict:
+    if name.startswith("peft-"):
+        return plain_peft(steps, name != "peft-fp32", bf16_weights=name == "peft-bf16w",
+                          warmup=warmup)
+    return slm_finetune(steps, name.split("-")[1], compile_=not name.endswith("-eager"),
+                        bf16_base=not name.endswith("-fp32h"), warmup=warmup)
 
 
 def speed(args) -> None:
@@ -94,16 +110,17 @@ def speed(args) -> None:
         order = variants if r % 2 == 0 else tuple(reversed(variants))
         for v in order:
             out = subprocess.run([sys.executable, __file__, "_one", v, str(args.steps),
-                                  str(args.batch)],
+                                  str(args.batch), str(args.warmup)],
                                  capture_output=True, text=True, check=True)
             res = json.loads(out.stdout.strip().splitlines()[-1])
             results[v].append(res)
             print(f"round {r + 1} {v:14s} {res['tokens_per_s']:8.1f} tok/s  "
                   f"peak RSS {res['peak_rss'] / 2**20:6.0f} MiB  "
-                  f"first step {res['first_step_s']:5.1f} s", flush=True)
+                  f"first step {res['first_step_s']:5.1f} s  "
+                  f"timed steps {' '.join(f'{x:.2f}' for x in res['step_s'])} s", flush=True)
     base = statistics.median(x["tokens_per_s"] for x in results["peft-fp32"])
-    print(f"\nSmolLM2-135M, LoRA r=16 all linear, batch {args.batch}x{SEQ}, {args.steps} timed steps, "
-          f"median of {args.rounds} interleaved rounds")
+    print(f"\nSmolLM2-135M, LoRA r=16 all linear, batch {args.batch}x{SEQ}, {args.steps} timed "
+          f"steps after {args.warmup} warm-up steps, median of {args.rounds} interleaved rounds")
     print(f"{'variant':14s} {'tok/s':>8s} {'vs fp32':>8s} {'peak RSS MiB':>13s} "
           f"{'first step s':>13s}")
     for v in variants:
@@ -170,7 +187,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_one":
         global BATCH
         BATCH = int(sys.argv[4]) if len(sys.argv) > 4 else BATCH
-        print(json.dumps(run_variant(sys.argv[2], int(sys.argv[3]))))
+        print(json.dumps(run_variant(sys.argv[2], int(sys.argv[3]), int(sys.argv[5]))))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -178,6 +195,8 @@ def main() -> None:
     s.add_argument("--steps", type=int, default=4)
     s.add_argument("--rounds", type=int, default=2)
     s.add_argument("--batch", type=int, default=BATCH, help="sequences of 512 tokens per step")
+    s.add_argument("--warmup", type=int, default=2, help="untimed steps first (compiling, "
+                   "and the heap growing to its working size)")
     s.add_argument("--variants", default="", help=f"comma list out of {','.join(VARIANTS)} "
                    "(peft-fp32, the reference, is always run)")
     p = sub.add_parser("ppl")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from slmkit.models.tiny import tiny_slm
 from slmkit.tune.attention import (NAME, attention_forward, blocked_attention_for,
-                                   blocked_causal_attention)
+                                   blocked_causal_attention, mask_bias)
 from slmkit.tune.heap import reuse_heap
 from slmkit.tune.losses import _ce_eager, _ce_value_and_grad, causal_lm_loss
 
@@ -41,21 +41,22 @@ def _reference(q, k, v, mask, softcap=None):
     return s.masked_fill(~mask, float("-inf")).softmax(-1) @ v
 
 
-@pytest.mark.parametrize("case", ["causal", "packed", "window", "softcap"])
+@pytest.mark.parametrize("case", ["causal", "packed", "packed-bias", "window", "softcap"])
 def test_blocked_attention_matches_plain_attention(case):
     """Value and gradients equal plain attention for causal, packed-document and
     sliding-window masks, grouped query heads and a length that is not a multiple of
     the block."""
     pos = torch.tensor([list(range(10)) + list(range(20)) + list(range(7)),
                         list(range(37))])
-    mask = {"causal": None, "packed": _doc_mask(pos), "window": _doc_mask(pos, 5),
-            "softcap": _doc_mask(pos)}[case]
+    mask = {"causal": None, "packed": _doc_mask(pos), "packed-bias": _doc_mask(pos),
+            "window": _doc_mask(pos, 5), "softcap": _doc_mask(pos)}[case]
     cap = 2.0 if case == "softcap" else None
     q, k, v = _qkv()
     go = torch.randn(2, 6, 37, 8, generator=torch.Generator().manual_seed(1))
     want = _reference(q, k, v, mask, cap)
     want_grads = torch.autograd.grad(want, (q, k, v), go)
-    got = blocked_causal_attention(q, k, v, mask, 8 ** -0.5, block=16, softcap=cap)
+    given = mask_bias(mask) if case == "packed-bias" else mask    # what bias_mask hands it
+    got = blocked_causal_attention(q, k, v, given, 8 ** -0.5, block=16, softcap=cap)
     got_grads = torch.autograd.grad(got, (q, k, v), go)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for a, b in zip(got_grads, want_grads):
@@ -71,7 +72,12 @@ def test_attention_forward_hands_inference_to_sdpa():
     with torch.no_grad():
         got, _ = attention_forward(module, q, k, v, None, scaling=0.3)
         want, _ = sdpa_attention_forward(module, q, k, v, None, scaling=0.3)
-    assert torch.equal(got, want)
+        assert torch.equal(got, want)
+        pos = torch.tensor([list(range(10)) + list(range(27)), list(range(37))])
+        keep = _doc_mask(pos)                         # a bias mask goes to sdpa as a bias
+        got, _ = attention_forward(module, q, k, v, mask_bias(keep), scaling=0.3)
+        want, _ = sdpa_attention_forward(module, q, k, v, keep, scaling=0.3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with torch.enable_grad():                         # and with them, the blocked form
         got, _ = attention_forward(module, *_qkv(), None, scaling=8 ** -0.5)
     torch.testing.assert_close(got, _reference(*_qkv(), None).transpose(1, 2),
@@ -210,6 +216,41 @@ def test_frozen_weights_in_bf16_give_the_same_autocast_numbers_and_come_back():
             assert all(p.dtype == torch.float32 for p in params.values() if p.requires_grad)
             got = net(input_ids=ids).logits
     assert torch.equal(got, want)
+    params = dict(net.named_parameters())
+    assert all(params[k].dtype == torch.float32 and torch.equal(params[k], v)
+               for k, v in frozen.items())
+
+
+def test_whole_frozen_base_in_bf16_trains_close_to_fp32_hidden_states():
+    """``whole_base``: every frozen weight (embeddings, norms, tied head) in bf16, so the
+    hidden states run in bf16; the logits stay within bf16 rounding of the fp32-hidden
+    ones, the LoRA gradients point the same way, and all fp32 tensors come back."""
+    from slmkit.tune.adapters import setup_model
+    from slmkit.tune.loop import frozen_weights_in_bf16
+    net = setup_model(tiny_slm("llama").model, "lora", rank=4, alpha=8, dropout=0.0)
+    for n, p in net.named_parameters():            # a non-zero adapter, so B gets gradients
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(3, 512, (2, 16), generator=torch.Generator().manual_seed(0))
+    frozen = {n: p.detach().clone() for n, p in net.named_parameters() if not p.requires_grad}
+
+    def run():
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(input_ids=ids, labels=ids)
+        out.loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in net.parameters() if p.requires_grad])
+        return out.logits.float(), grads
+
+    want, want_g = run()
+    with frozen_weights_in_bf16(net, True, whole_base=True) as n:
+        assert n == len(frozen)                    # embeddings and norms too, not just Linears
+        assert all(p.dtype == torch.bfloat16 for p in net.parameters() if not p.requires_grad)
+        assert all(p.dtype == torch.float32 for p in net.parameters() if p.requires_grad)
+        got, got_g = run()
+    assert got.dtype == torch.float32 and not torch.equal(got, want)     # bf16 hidden states
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    assert F.cosine_similarity(got_g, want_g, dim=0) > 0.99
     params = dict(net.named_parameters())
     assert all(params[k].dtype == torch.float32 and torch.equal(params[k], v)
                for k, v in frozen.items())

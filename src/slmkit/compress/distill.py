@@ -31,7 +31,8 @@ Loss per token (Hinton et al., 2015; Agarwal et al., 2024 for generalized JSD):
   evenly onto teacher layers (last onto last).
 
 The teacher runs in eval mode, with ``requires_grad=False`` and under
-``torch.no_grad``; the report carries a full hash of its weights before and
+``torch.no_grad``, held in bf16 while training in bf16 (its fp32 weights are put back
+afterwards); the report carries a full hash of its weights before and
 after the run. Training runs on :func:`slmkit.tune.loop.train` (resumable, data
 parallel under torchrun; with ``fsdp`` the student's weights, gradients and optimizer
 state are sharded over the ranks, while every rank keeps the whole frozen teacher).
@@ -705,7 +706,7 @@ def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,
         The report (also written to ``out/report.json``).
     """
     from ..models.io import SLM, dir_bytes, load, replace_dir, save
-    from ..tune.loop import dist_setup, is_main, train
+    from ..tune.loop import dist_setup, frozen_weights_in_bf16, is_main, train
     t0 = time.time()
     out = Path(out)
     _check_out(out, overwrite)
@@ -733,10 +734,12 @@ def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,
     eval_fn = None if vblocks is None else (
         lambda: {"val_ppl": block_ppl(module.student, vblocks, cfg.batch_size, cfg.bf16)})
     partial = out.with_name(out.name + ".partial")
-    rep = train(module, DistillBatches(blocks, cfg.batch_size, cache, cross),
-                make_loss_fn(cfg, teacher),
-                _train_config(cfg, steps), partial, eval_fn=eval_fn, resume=cfg.resume,
-                progress=progress)
+    with frozen_weights_in_bf16(teacher.model, cfg.bf16 and teacher.model is not None,
+                                whole_base=True):
+        rep = train(module, DistillBatches(blocks, cfg.batch_size, cache, cross),
+                    make_loss_fn(cfg, teacher),
+                    _train_config(cfg, steps), partial, eval_fn=eval_fn, resume=cfg.resume,
+                    progress=progress)
     if t_slm is not None:
         info["teacher_sha256_after"] = weights_hash(t_slm.model)
     report = _report(cfg, s_slm, t_slm, rep, info, steps, world)

@@ -75,6 +75,8 @@ class FinetuneConfig(BaseModel):
     compile: bool | None = Field(None, description="torch.compile the decoder layers; "
                                  "None = for runs long enough to repay it")
     chunk_tokens: int = Field(1024, ge=16, description="tokens per output-head chunk in the loss")
+    bf16_base: bool = Field(True, description="hold the frozen weights in bf16 while training, "
+                            "hidden states in bf16 (False: fp32 hidden states, bf16 matmuls)")
     fsdp: bool = Field(False, description="under torchrun, shard the weights, gradients and "
                        "optimizer state over the K ranks (each holds ~1/K); method full only")
     seed: int = 0
@@ -234,7 +236,8 @@ def _train_cfg(cfg: FinetuneConfig, steps: int):
                        max_steps=steps, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
                        batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, bf16=True,
                        eval_every=every, ckpt_every=max(every, 25), seed=cfg.seed,
-                       compile=cfg.compile, parallel="fsdp" if cfg.fsdp else "ddp")
+                       compile=cfg.compile, bf16_base=cfg.bf16_base,
+                       parallel="fsdp" if cfg.fsdp else "ddp")
 
 
 def _load(model) -> SLM:
