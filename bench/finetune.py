@@ -80,7 +80,8 @@ def slm_finetune(steps: int, method: str, compile_: bool = True, bf16_base: bool
     from slmkit.tune.finetune import FinetuneConfig, run_finetune
     with tempfile.TemporaryDirectory() as d:
         cfg = FinetuneConfig(data="python-docs", method=method, rank=16, alpha=32,
-                             seq_len=SEQ, batch_size=BATCH, max_tokens=BATCH * SEQ * (steps + warmup),
+                             seq_len=SEQ, batch_size=BATCH,
+                             max_tokens=BATCH * SEQ * (steps + warmup),
                              max_val_blocks=1, eval_every=10_000, patience=0, resume=False,
                              compile=compile_, bf16_base=bf16_base)
         rep = run_finetune(MODEL, Path(d) / "out", cfg, progress=False)

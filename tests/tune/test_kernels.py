@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from slmkit.models.tiny import tiny_slm
 from slmkit.tune.attention import (NAME, attention_forward, blocked_attention_for,
                                    blocked_causal_attention, mask_bias)
-from slmkit.tune.heap import reuse_heap
 from slmkit.tune.losses import _ce_eager, _ce_value_and_grad, causal_lm_loss
 
 
@@ -161,8 +160,8 @@ def faults(steps=8):
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 class Info(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena ordblks smblks hblks hblkhd usmblks "
+                                               "fsmblks uordblks fordblks keepcost").split()]
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = Info
