@@ -32,18 +32,26 @@ def packed_mask() -> torch.Tensor:
     return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
 
 
-def timed(fn, n: int = 5) -> float:
-    """Mean seconds of forward + backward of ``fn(q, k, v)``."""
-    q = torch.randn(B, H, T, D, dtype=torch.bfloat16, requires_grad=True)
-    k = torch.randn(B, KV, T, D, dtype=torch.bfloat16, requires_grad=True)
-    v = torch.randn(B, KV, T, D, dtype=torch.bfloat16, requires_grad=True)
-    grad = torch.randn(B, H, T, D, dtype=torch.bfloat16)
+def best_mean(call, n: int = 5, repeat: int = 1) -> float:
+    """Seconds per ``call()``: two warm-up calls, then the best of ``repeat`` means of ``n``."""
     for _ in range(2):
-        fn(q, k, v).backward(grad)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn(q, k, v).backward(grad)
-    return (time.perf_counter() - t0) / n
+        call()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            call()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
+def timed(fn, n: int = 5, dtype: torch.dtype = torch.bfloat16, repeat: int = 1) -> float:
+    """Seconds of forward + backward of ``fn(q, k, v)`` (``best_mean``)."""
+    q = torch.randn(B, H, T, D, dtype=dtype, requires_grad=True)
+    k = torch.randn(B, KV, T, D, dtype=dtype, requires_grad=True)
+    v = torch.randn(B, KV, T, D, dtype=dtype, requires_grad=True)
+    grad = torch.randn(B, H, T, D, dtype=dtype)
+    return best_mean(lambda: fn(q, k, v).backward(grad), n, repeat)
 
 
 def sdpa(backend, mask):

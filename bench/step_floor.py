@@ -25,14 +25,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
-from attention import B, D, H, KV, T, blocked, packed_mask  # noqa: E402
+from attention import (B, D, H, KV, T, best_mean, blocked, packed_mask,  # noqa: E402
+                       timed)
 
 HIDDEN, INTER, LAYERS, VOCAB, RANK, CHUNK = 576, 1536, 30, 49152, 16, 1024
 N = B * T
@@ -58,32 +58,7 @@ def mm_seconds(m: int, k: int, n: int, dtype: torch.dtype, repeat: int) -> float
     a = torch.randn(m, k).to(dtype)
     b = torch.randn(k, n).to(dtype)
     out = torch.empty(m, n, dtype=dtype)
-    for _ in range(2):
-        torch.mm(a, b, out=out)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(5):
-            torch.mm(a, b, out=out)
-        best = min(best, (time.perf_counter() - t0) / 5)
-    return best
-
-
-def attention_seconds(fn, dtype: torch.dtype, repeat: int) -> float:
-    """Forward + backward of one layer's attention."""
-    q = torch.randn(B, H, T, D, dtype=dtype, requires_grad=True)
-    k = torch.randn(B, KV, T, D, dtype=dtype, requires_grad=True)
-    v = torch.randn(B, KV, T, D, dtype=dtype, requires_grad=True)
-    grad = torch.randn(B, H, T, D, dtype=dtype)
-    for _ in range(2):
-        fn(q, k, v).backward(grad)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(5):
-            fn(q, k, v).backward(grad)
-        best = min(best, (time.perf_counter() - t0) / 5)
-    return best
+    return best_mean(lambda: torch.mm(a, b, out=out), repeat=repeat)
 
 
 def plain_fp32_step(steps: int) -> float:
@@ -116,9 +91,8 @@ def main() -> None:
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                                     enable_gqa=True)
-    att16 = LAYERS * attention_seconds(torch.compile(blocked(packed_mask())), torch.bfloat16,
-                                       args.repeat)
-    att32 = LAYERS * attention_seconds(flash_causal, torch.float32, args.repeat)
+    att16 = LAYERS * timed(torch.compile(blocked(packed_mask())), repeat=args.repeat)
+    att32 = LAYERS * timed(flash_causal, dtype=torch.float32, repeat=args.repeat)
     print(f"{'attention':15s} {'':13s} bf16 {att16:6.3f} s (query blocks, compiled)  "
           f"fp32 {att32:6.3f} s (flash, causal)", flush=True)
     floor16 = sum(r[1] for r in rows.values()) + att16
