@@ -28,6 +28,7 @@ def eval_table(rows: list[dict], title: str = "slm eval") -> Table:
             ("params", "params", _fmt_params), ("bytes", "size", _fmt_bytes),
             ("peak_rss", "peak RSS", _fmt_bytes), ("ppl", "ppl", "{:.3f}".format),
             ("ppl_general", "ppl general", "{:.3f}".format),
+            ("tokens_per_char", "tokens/char", "{:.3f}".format),
             ("prefill_tok_s", "prefill tok/s", "{:.1f}".format),
             ("decode_tok_s", "decode tok/s", "{:.1f}".format), ("ttft_s", "TTFT s", "{:.3f}".format),
             ("mc_acc", "MC acc", "{:.3f}".format), ("mc_acc_norm", "MC acc_norm", "{:.3f}".format)]

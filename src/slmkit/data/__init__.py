@@ -6,86 +6,85 @@ A *record* is a dict with one of: ``text``; ``prompt`` + ``response``;
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
 
 from ..errors import SlmError
 from .corpora import CORPORA
+from .readers import (SUFFIXES, TEXT_SUFFIXES, iter_jsonl, nfc_record,  # noqa: F401
+                      read_file, validate_record)
 
-SUFFIXES = (".txt", ".md", ".jsonl")
+FIELD_SEP = "#"
 
 
-def read_records(spec: str | Path) -> list[dict]:
-    """Records from a built-in corpus name, a file, or a directory of files.
+def with_text_field(spec: str | Path | None, text_field: str | None) -> str | None:
+    """A data spec that reads its text from column (or JSONL key) ``text_field``:
+    ``reviews.csv`` and ``body`` -> ``reviews.csv#body``. Built-in corpora are left alone."""
+    if spec is None or not text_field or str(spec) in CORPORA:
+        return None if spec is None else str(spec)
+    base, _ = parse_spec(spec)
+    return f"{base}{FIELD_SEP}{text_field}"
+
+
+def parse_spec(spec: str | Path) -> tuple[str, str | None]:
+    """``(corpus name or path, text field)`` of a data spec (``path#column``)."""
+    s = str(spec)
+    if FIELD_SEP in s and s not in CORPORA and not Path(s).expanduser().exists():
+        base, field = s.rsplit(FIELD_SEP, 1)
+        if field:
+            return base, field
+    return s, None
+
+
+def data_exists(spec: str | Path) -> bool:
+    """Whether a data spec names a built-in corpus or an existing path."""
+    s, _ = parse_spec(spec)
+    return s in CORPORA or Path(s).expanduser().exists()
+
+
+def read_records(spec: str | Path, text_field: str | None = None) -> list[dict]:
+    """Records from a built-in corpus name, a file, or a directory of files, NFC-normalised.
+
+    Args:
+        spec: corpus name, file or directory; ``path#column`` names the text column
+            of CSV/Parquet files (the key of JSONL records).
+        text_field: the same as ``#column`` (this wins).
 
     Raises:
-        SlmError: missing path, unknown suffix, bad JSONL line, or no text at all.
+        SlmError: missing path, unknown suffix, unreadable file, or no text at all.
     """
-    s = str(spec)
+    s, field = parse_spec(spec)
+    field = text_field or field
     if s in CORPORA:
-        records = CORPORA[s]()
+        records = [nfc_record(r) for r in CORPORA[s]()]
     else:
         path = Path(s).expanduser()
         if not path.exists():
-            raise SlmError(f"data '{s}' not found", "pass a .txt/.md/.jsonl file, a directory "
-                           f"of them, or a built-in corpus: {', '.join(CORPORA)}")
-        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES) if path.is_dir() \
-            else [path]
+            raise SlmError(f"data '{s}' not found", f"pass a file ({', '.join(SUFFIXES)}), a "
+                           f"directory of them, or a built-in corpus: {', '.join(CORPORA)}")
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower()
+                       in SUFFIXES) if path.is_dir() else [path]
         if not files:
-            raise SlmError(f"no .txt, .md or .jsonl files in {path}", "add data files")
-        records = [r for f in files for r in _read_file(f)]
+            raise SlmError(f"no data files in {path}", f"add files of a known type: "
+                           f"{', '.join(SUFFIXES)}")
+        records = [r for f in files for r in _read_file(f, field)]
     if not any(record_text(r).strip() for r in records):
         raise SlmError(f"data '{s}' is empty", "give it some text")
     return records
 
 
-def _read_file(path: Path) -> list[dict]:
-    if path.suffix not in SUFFIXES:
-        raise SlmError(f"{path}: unsupported file type '{path.suffix}'",
-                       f"use one of {', '.join(SUFFIXES)}")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix != ".jsonl":
-        return [{"text": t, "id": f"{path.name}#{i}"} for i, t in enumerate(_paragraphs(text))]
-    out = []
-    for n, rec in iter_jsonl(path, text):
-        validate_record(rec, f"{path}:{n}")
-        rec.setdefault("id", f"{path.name}:{n}")
-        out.append(rec)
-    return out
-
-
-def iter_jsonl(path: Path, text: str | None = None):
-    """``(line number, object)`` for each non-blank line of a JSONL file.
-
-    Raises:
-        SlmError: naming the file and line that is not valid JSON.
-    """
-    text = path.read_text(encoding="utf-8") if text is None else text
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SlmError(f"{path}:{n}: not valid JSON ({exc.msg})", "fix that line") from exc
+def _read_file(path: Path, text_field: str | None = None) -> list[dict]:
+    records = read_file(path, text_field)
+    if path.suffix.lower() not in TEXT_SUFFIXES:
+        return records
+    return [{"text": t, "id": f"{path.name}#{i}"} for r in records
+            for i, t in enumerate(_paragraphs(r["text"]))]
 
 
 def _paragraphs(text: str, target: int = 1500) -> list[str]:
     from .corpora import _chunks
     return _chunks(text, target) if text.strip() else []
-
-
-def validate_record(rec, where: str) -> None:
-    ok = isinstance(rec, dict) and (
-        isinstance(rec.get("text"), str)
-        or (isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str))
-        or (isinstance(rec.get("messages"), list) and all(
-            isinstance(m, dict) and "role" in m and "content" in m for m in rec["messages"])))
-    if not ok:
-        raise SlmError(f"{where}: record needs 'text', or 'prompt' and 'response', or "
-                       "'messages' (list of {role, content})", "fix that line")
 
 
 def record_text(rec: dict, tokenizer=None) -> str:

@@ -52,8 +52,9 @@ class EvalConfig(BaseModel):
     @field_validator("data", "general_data", "task")
     @classmethod
     def _exists(cls, v):
+        from ..data import data_exists
         from ..data.corpora import CORPORA
-        if v is not None and v not in CORPORA and not Path(v).expanduser().exists():
+        if v is not None and not data_exists(v):
             raise ValueError(f"'{v}' is neither a built-in corpus ({', '.join(CORPORA)}) nor a path")
         return v
 
@@ -147,6 +148,9 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
     row = {"model": str(spec), "engine": engine.name, "load_s": time.perf_counter() - t0}
     row["params"], row["bytes"] = _model_size(engine, spec)
     ids = engine_tokens(engine, cfg.data, cfg.split, cfg.max_eval_tokens)
+    row["tokens_per_char"] = tokens_per_char(engine, cfg.data, cfg.split)
+    if cfg.general_data:
+        row["tokens_per_char_general"] = tokens_per_char(engine, cfg.general_data, cfg.split)
     if cfg.speed:
         prompt = (ids * (cfg.prompt_tokens // max(len(ids), 1) + 1))[: cfg.prompt_tokens]
         # llama.cpp runs are short and jittery on a shared machine: best of three
@@ -169,6 +173,21 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
     if cfg.task:
         row.update({f"mc_{k}": v for k, v in accuracy(engine, read_task(cfg.task), progress).items()})
     return row
+
+
+def tokens_per_char(engine, spec: str, split: str, max_chars: int = 100_000) -> float:
+    """Tokens the engine's tokenizer makes per character of the text (NFC, as read),
+    over the first ``max_chars`` characters of the split: how much a tokenizer spends on
+    a language (an English vocabulary takes several tokens per Hangul syllable)."""
+    from ..data import load_split, record_text
+    tokens = chars = 0
+    for rec in load_split(spec, split):
+        text = record_text(rec)[: max_chars - chars]
+        tokens += len(engine.tokenize(text, special=False))
+        chars += len(text)
+        if chars >= max_chars:
+            break
+    return tokens / max(chars, 1)
 
 
 def _ppl(engine, ids, cfg: EvalConfig, progress: bool) -> dict:

@@ -391,6 +391,7 @@ def validate_options(recipe: Recipe, i: int, loc: Located):
 
 def check_paths(recipe: Recipe, loc: Located) -> None:
     """The base model and every data file the recipe names must exist."""
+    from ..data import data_exists
     from ..data.corpora import CORPORA
     from ..models.catalog import CATALOG
     from ..models.io import hub_cached
@@ -403,12 +404,12 @@ def check_paths(recipe: Recipe, loc: Located) -> None:
                 f"use a path, a built-in name ({', '.join(CATALOG)}) or `tiny:llama`")
     for key in ("data", "general_data"):
         value = getattr(recipe, key)
-        if value and value not in CORPORA and not Path(value).expanduser().exists():
+        if value and not data_exists(value):
             raise loc.error((key,), f"data '{value}' not found",
                             f"use a file, a directory or a built-in corpus: {', '.join(CORPORA)}")
     for i, step in enumerate(recipe.steps):
         for k, v in step.options.items():
             if k in ("data", "calib", "calib_data", "task", "general_data") and isinstance(v, str) \
-                    and v not in CORPORA and not Path(v).expanduser().exists():
+                    and not data_exists(v):
                 raise loc.error(("steps", i, k), f"'{v}' not found",
                                 "fix the path (relative to where you run `slm build`)")

@@ -15,7 +15,7 @@ from pathlib import Path
 SAMPLES_FILE = "samples.json"
 METRICS = [("params", "params"), ("bytes", "bytes"), ("ppl", "ppl domain"),
            ("ppl_general", "ppl general"), ("decode_tok_s", "decode tok/s"),
-           ("peak_rss", "peak memory")]
+           ("peak_rss", "peak memory"), ("tokens_per_char", "tokens/char")]
 
 
 # ---------------------------------------------------------------- data
@@ -151,6 +151,8 @@ def fmt(key: str, v) -> str:
         return f"{v:.2f}"
     if key.endswith("tok_s"):
         return f"{v:.1f}"
+    if key == "tokens_per_char":
+        return f"{v:.3f}"
     return str(v)
 
 
