@@ -21,8 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def direct_llamacpp(path: str, prompt: list[int], n: int, n_ctx: int):
     """A decode timer over llama_cpp.Llama.generate, nothing of slmkit in the loop."""
-    from llama_cpp import Llama
-    llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=os.cpu_count(), verbose=False)
+    # llama-cpp-python as slmkit loads it (weight repacking off where the CPU has AMX,
+    # see slmkit/engines/llama_lib.py), so the two paths run the same kernels
+    from slmkit.engines.llama_lib import llama_cpp
+    llm = llama_cpp().Llama(model_path=path, n_ctx=n_ctx, n_threads=os.cpu_count(), verbose=False)
 
     def run() -> float:
         t_first = None

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .base import GenStats, track
+from .llama_lib import llama_cpp
 
 
 class LlamaCppEngine:
@@ -17,7 +18,7 @@ class LlamaCppEngine:
 
     def __init__(self, path: str | Path, n_ctx: int = 2048, n_threads: int | None = None,
                  logits_all: bool = False):
-        from llama_cpp import Llama
+        Llama = llama_cpp().Llama
         stat = Path(path).stat() if Path(path).exists() else None
         _check_once(str(path), stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1)
         self.path = Path(path)
