@@ -203,6 +203,57 @@ RUNS = {
 DEFAULT = [k for k in RUNS if "-seq-" not in k and "-act-" not in k]
 
 
+def layer_check(args) -> list[dict]:
+    """One Linear, the same weight and Hessian, through the reference classes
+    (``SparseGPT.fasterprune``, ``GPTQ.fasterquant``) and slmkit's solvers: how many pruned
+    positions agree, the largest weight difference and each side's relative output error
+    ``tr(D H D^T) / tr(W H W^T)``, D the change of the weight."""
+    from slmkit.compress.prune.sparsegpt import sparsify
+    from slmkit.compress.quantize.formats import dequantize_weight
+    from slmkit.compress.quantize.gptq import gptq_weight, output_error
+    gen = torch.Generator().manual_seed(0)
+    rows, cols, n = 192, 256, 2048
+    x = torch.randn(n, cols, generator=gen) * torch.rand(cols, generator=gen) * 3
+    w = torch.randn(rows, cols, generator=gen) * 0.05
+    h = 2 / n * x.T @ x
+    out = []
+
+    def reference(repo, module, cls, configure, method, **opts):
+        with peer(repo):
+            mod = importlib.import_module(module)
+            lin = torch.nn.Linear(cols, rows, bias=False)
+            lin.weight.data = w.clone()
+            obj = getattr(mod, cls)(lin)
+            obj.H = h.clone()
+            configure(obj)
+            quietly(getattr(obj, method), **opts)
+            return lin.weight.data
+
+    def row(name, ref, mine):
+        out.append({"check": name, "same_zeros": float(((ref == 0) == (mine == 0)).float().mean()),
+                    "max_abs_diff": float((ref - mine).abs().max()),
+                    "ref_error": output_error(w, ref, h), "slmkit_error": output_error(w, mine, h)})
+        print(out[-1], flush=True)
+
+    if args.sparsegpt:
+        for name, opts, pattern in (("sparsegpt 50%", dict(sparsity=0.5), None),
+                                    ("sparsegpt 2:4", dict(sparsity=0, prunen=2, prunem=4),
+                                     (2, 4))):
+            ref = reference(args.sparsegpt, "sparsegpt", "SparseGPT", lambda o: None,
+                            "fasterprune", **opts)
+            row(name, ref, sparsify(w, h, sparsity=opts["sparsity"] or 0.5, pattern=pattern))
+    if args.gptq:
+        for sym in (False, True):
+            def configure(obj, sym=sym):
+                obj.quantizer = importlib.import_module("quant").Quantizer()
+                obj.quantizer.configure(4, perchannel=True, sym=sym, mse=False)
+            ref = reference(args.gptq, "gptq", "GPTQ", configure, "fasterquant", groupsize=128)
+            q, sc, z = gptq_weight(w, h, 4, 128, sym)
+            row(f"gptq 4-bit g128 {'sym' if sym else 'asym'}", ref,
+                dequantize_weight(q, sc, z, 4))
+    return out
+
+
 def table(files: list[Path]) -> str:
     """The markdown parity table from one or more result files (runs of one setup)."""
     runs: dict = {}
@@ -237,7 +288,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results/reference_parity.json"))
     ap.add_argument("--table", type=Path, nargs="+", metavar="JSON",
                     help="print the markdown table of these result files and exit")
+    ap.add_argument("--layer-check", action="store_true",
+                    help="compare the per-Linear solvers on one random layer and exit")
     args = ap.parse_args()
+    if args.layer_check:
+        layer_check(args)
+        return
     if args.table:
         print(table(args.table))
         return
