@@ -33,3 +33,14 @@ def _root() -> None:
 
     Every verb has --help with an example. Add --debug to see full tracebacks.
     """
+
+
+def _device(value: str) -> str:
+    from ..device import check_device
+    return check_device(value)
+
+
+# Every verb that runs a model takes it; checked before any model is loaded.
+DeviceOpt = typer.Option("auto", "--device", callback=_device,
+                         help="Where PyTorch models run: auto (CUDA when a GPU is visible, "
+                              "else the CPU), cpu, cuda or cuda:N.")

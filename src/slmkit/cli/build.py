@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .app import app, console, print_json
+from .app import DeviceOpt, app, console, print_json
 
 
 def _list_recipes(json_out: bool) -> None:
@@ -51,6 +51,7 @@ def build_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>)."),
     force: bool = typer.Option(False, "--force", help="Start from scratch: delete the run directory first."),
     check: bool = typer.Option(False, "--check", help="Only validate the recipe."),
+    device: str = DeviceOpt,
     json_out: bool = typer.Option(False, "--json", help="Print the build report as JSON at the end."),
 ):
     """Build a domain model from a recipe: finetune, prune, distill, quantize, export, eval.
@@ -69,6 +70,7 @@ def build_cmd(
         console.print(f"recipe '{r.name}' ({r.source}) is valid: "
                       f"{' > '.join(s.name for s in r.steps)}", highlight=False)
         return
-    report = Build(r, out, force=force, console=console).run()
+    report = Build(r, out, force=force, console=console,
+                   device=None if device == "auto" else device).run()
     if json_out:
         print_json(report)

@@ -5,7 +5,7 @@ import sys
 
 import typer
 
-from .app import app, console
+from .app import DeviceOpt, app, console
 from .sampling import Ctx, EngineOpt, MaxTokens, Optional, Seed, Temperature, TopP
 
 HELP = "/reset clears the conversation, /exit (or Ctrl-D) leaves."
@@ -17,13 +17,14 @@ def chat_cmd(
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System message."),
     max_tokens: int = MaxTokens, temperature: float = Temperature, top_p: float = TopP,
     seed: Optional[int] = Seed, engine: str = EngineOpt, ctx: int = Ctx,
+    device: str = DeviceOpt,
 ):
     """Chat with a model; replies stream as they are generated (uses the chat template).
 
     Example: slm chat smollm2-135m --temperature 0.3
     """
     from ..engines import open_engine, stream_text
-    eng = open_engine(model, engine, n_ctx=ctx)
+    eng = open_engine(model, engine, n_ctx=ctx, device=device)
     interactive = sys.stdin.isatty()
     if interactive:
         console.print(f"[dim]{model} on {eng.name}. {HELP}[/]")

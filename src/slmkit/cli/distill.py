@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .app import app, console, print_json
+from .app import DeviceOpt, app, console, print_json
 
 
 def _pairs(text: Optional[str]) -> Optional[list[tuple[int, int]]]:
@@ -70,6 +70,7 @@ def distill_cmd(
     eval_every: int = typer.Option(0, "--eval-every", help="Steps between held-out evals (0: start and end)."),
     ckpt_every: int = typer.Option(50, "--ckpt-every", help="Steps between checkpoints."),
     seed: int = typer.Option(0, "--seed"),
+    device: str = DeviceOpt,
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint in --out's work directory if there is one (the default), or start afresh."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -98,7 +99,8 @@ def distill_cmd(
         w_ce=w_ce, w_hidden=w_hidden, layer_pairs=_pairs(layer_pairs), top_k=top_k,
         teacher_cache=teacher_cache, cross_tokenizer=cross_tokenizer,
         grad_checkpointing=grad_checkpointing, compile=compile_, bf16=not no_bf16, val_tokens=val_tokens,
-        eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, resume=resume, fsdp=fsdp)
+        eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, resume=resume, fsdp=fsdp,
+        device=device)
     model = student if student else init_student(teacher, student_config, seed=seed,
                                                  **_overrides(set_))
     report = run_distill(model, out, cfg, overwrite=force, progress=not json_out)

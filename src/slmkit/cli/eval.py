@@ -6,7 +6,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .app import app, console, print_json
+from .app import DeviceOpt, app, console, print_json
 
 
 def _fmt_bytes(n: float) -> str:
@@ -55,6 +55,7 @@ def eval_cmd(
     reference: Optional[str] = typer.Option(None, "--reference", help="Model whose tokenizer picks the text and counts its tokens; perplexity is then per reference token, so models with different vocabularies (e.g. after `slm prune --method vocab`) compare."),
     no_speed: bool = typer.Option(False, "--no-speed", help="Skip the speed measurement."),
     no_isolate: bool = typer.Option(False, "--no-isolate", help="Measure all models in this process (peak memory then accumulates)."),
+    device: str = DeviceOpt,
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Measure models side by side: size, memory, perplexity, speed, accuracy.
@@ -72,7 +73,7 @@ def eval_cmd(
     cfg = config_from_options(EvalConfig, data=data, split=split, general_data=general_data,
                               task=task, engine=engine, max_length=max_length, stride=stride,
                               max_eval_tokens=max_eval_tokens or None, gen_tokens=gen_tokens,
-                              speed=not no_speed, isolate=not no_isolate, reference=reference)
+                              speed=not no_speed, isolate=not no_isolate, reference=reference, device=device)
     result = run_eval(models, cfg, progress=not json_out)
     if json_out:
         print_json(result)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from .app import app, console, print_json
+from .app import DeviceOpt, app, console, print_json
 
 
 @app.command("export")
@@ -14,6 +14,7 @@ def export_cmd(
     type_: str = typer.Option("f16", "--type", "-t", help="GGUF type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k, ..."),
     parity_tokens: int = typer.Option(256, help="Held-out tokens for the parity check (0 skips)."),
     parity_text: str = typer.Option("python-docs", help="Text for the parity check (val split)."),
+    device: str = DeviceOpt,
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
@@ -28,7 +29,7 @@ def export_cmd(
     from ..pipeline_util import config_from_options
     from ..progress import progress_bar
     cfg = config_from_options(ExportConfig, format=fmt, type=type_, parity_tokens=parity_tokens,
-                              parity_text=parity_text)
+                              parity_text=parity_text, device=device)
     with progress_bar(f"export {fmt}", total=None, enabled=not json_out):
         report = run_export(model, out, cfg, overwrite=force)
     if json_out:

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .app import app, console, print_json
+from .app import DeviceOpt, app, console, print_json
 
 
 @app.command("finetune")
@@ -34,6 +34,7 @@ def finetune_cmd(
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the decoder layers (default: for models >= 50M params and runs >= 20 steps; ~40 s to compile, ~20% faster steps)."),
     fp32_hidden: bool = typer.Option(False, "--fp32-hidden", help="Keep the hidden states in fp32 between layers (matmuls still bf16): plain autocast's numbers, and a little slower (about 2% on SmolLM2-135M). By default the frozen weights are held in bf16 while training, as the model runs in the bf16 its checkpoint ships in."),
     seed: int = typer.Option(0, "--seed"),
+    device: str = DeviceOpt,
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint in --out's work directory if there is one (the default), or start afresh."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -56,7 +57,7 @@ def finetune_cmd(
         targets=tlist, quant_format=quant_format, lr=lr, epochs=epochs, max_tokens=max_tokens,
         seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, val_fraction=val_fraction,
         eval_every=eval_every, patience=patience, merge=merge, seed=seed, resume=resume,
-        compile=compile_, fsdp=fsdp, bf16_base=not fp32_hidden)
+        compile=compile_, fsdp=fsdp, bf16_base=not fp32_hidden, device=device)
     report = run_finetune(model, out, cfg, progress=not json_out, overwrite=force)
     from ..tune.loop import is_main
     if not is_main():                      # under torchrun only rank 0 prints

@@ -5,7 +5,7 @@ import sys
 
 import typer
 
-from .app import app, print_json
+from .app import DeviceOpt, app, print_json
 from .sampling import Ctx, EngineOpt, List, MaxTokens, Optional, Seed, Stop, Temperature, TopP
 
 
@@ -17,6 +17,7 @@ def generate_cmd(
     max_tokens: int = MaxTokens, temperature: float = Temperature, top_p: float = TopP,
     seed: Optional[int] = Seed, stop: Optional[List[str]] = Stop, engine: str = EngineOpt,
     ctx: int = Ctx,
+    device: str = DeviceOpt,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (text, usage, timings) at the end."),
 ):
     """Continue a prompt and stream the tokens as they are generated.
@@ -25,7 +26,7 @@ def generate_cmd(
     """
     from ..engines import GenStats, open_engine, stream_text
     text = sys.stdin.read() if prompt == "-" else prompt
-    eng = open_engine(model, engine, n_ctx=ctx)
+    eng = open_engine(model, engine, n_ctx=ctx, device=device)
     if chat:
         text = eng.chat_prompt([{"role": "user", "content": text}])
     stats = GenStats()

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, console, print_json
+from .app import DeviceOpt, app, console, print_json
 
 
 @app.command("prune")
@@ -27,6 +27,7 @@ def prune_cmd(
     bf16_calib: bool = typer.Option(False, "--bf16-calib", help="wanda/sparsegpt: calibration forward passes in bf16 autocast (faster on CPU)."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out text for perplexity (val split); default: --calib."),
     eval_tokens: int = typer.Option(8192, help="Held-out tokens scored before and after (0 skips)."),
+    device: str = DeviceOpt,
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
 ):
@@ -52,7 +53,7 @@ def prune_cmd(
                               calib_autocast=bf16_calib,
                               vocab_size=vocab_size, min_count=min_count,
                               eval_data=eval_data,
-                              eval_tokens=eval_tokens, overwrite=force)
+                              eval_tokens=eval_tokens, overwrite=force, device=device)
     with progress_bar(f"{method} layers", total=None, enabled=not json_out) as bar:
         report = run_prune(model, out, cfg,
                            progress=lambda _stage, done, total: bar.update(completed=done,

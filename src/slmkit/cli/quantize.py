@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from .app import app, console, print_json
+from .app import DeviceOpt, app, console, print_json
 
 
 @app.command("quantize")
@@ -21,6 +21,7 @@ def quantize_cmd(
     seq_len: int = typer.Option(512, help="Tokens per calibration sequence."),
     eval_tokens: int = typer.Option(4096, help="Held-out tokens scored before and after (0 skips)."),
     speed_tokens: int = typer.Option(32, help="Tokens decoded to measure speed before and after (0 skips)."),
+    device: str = DeviceOpt,
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
@@ -37,7 +38,7 @@ def quantize_cmd(
     cfg = config_from_options(QuantizeConfig, method=method, bits=bits, group_size=group_size,
                               sym=sym, act_order=act_order, clip=clip, calib=calib,
                               calib_samples=calib_samples, seq_len=seq_len,
-                              eval_tokens=eval_tokens, speed_tokens=speed_tokens)
+                              eval_tokens=eval_tokens, speed_tokens=speed_tokens, device=device)
     with progress_bar(f"{method} layers", total=None, enabled=not json_out) as bar:
         report = run_quantize(model, out, cfg, overwrite=force,
                               progress=lambda done, total: bar.update(completed=done, total=total))

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, console
+from .app import DeviceOpt, app, console
 
 
 @app.command("serve")
@@ -22,6 +22,7 @@ def serve_cmd(
     max_tokens: int = typer.Option(1024, help="Most tokens one request may ask for."),
     name: Optional[str] = typer.Option(None, help="Model id clients use (default: from MODEL)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads per llama.cpp instance."),
+    device: str = DeviceOpt,
     shutdown_timeout: float = typer.Option(30.0, help="Seconds in-flight requests may finish after Ctrl-C."),
 ):
     """Serve a model with an OpenAI-compatible API, streaming, auth and a chat page at /.
@@ -40,7 +41,7 @@ def serve_cmd(
         cfg = ServeConfig(model=model, host=host, port=port, api_key=api_key, engine=engine,
                           max_concurrency=max_concurrency, max_queue=max_queue, ctx=ctx,
                           max_tokens=max_tokens, name=name, n_threads=threads,
-                          shutdown_timeout_s=shutdown_timeout)
+                          shutdown_timeout_s=shutdown_timeout, device=device)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, console, print_json
+from .app import DeviceOpt, app, console, print_json
 
 
 @app.command("synth")
@@ -22,6 +22,7 @@ def synth_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the first reply (reply i uses seed + i)."),
     engine: str = typer.Option("auto", "--engine", help="auto, pytorch or llama.cpp."),
     min_chars: int = typer.Option(1, "--min-chars", help="Drop replies shorter than this."),
+    device: str = DeviceOpt,
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
@@ -37,7 +38,7 @@ def synth_cmd(
     cfg = config_from_options(SynthConfig, teacher=teacher, prompts=prompts, template=template,
                               system=system, n_per_prompt=n, max_tokens=max_tokens,
                               temperature=temperature, top_p=top_p, seed=seed, engine=engine,
-                              min_chars=min_chars)
+                              min_chars=min_chars, device=device)
     report = run_synth(out, cfg, overwrite=force, progress=not json_out)
     if json_out:
         print_json(report)

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from ..device import Device, autocast_type, model_device
 from ..errors import SlmError
 from ..models.io import count_params
 from ..tune.losses import (IGNORE_INDEX, backbone_and_head, chunked_head_loss, fused_ce_kl,
@@ -67,6 +68,7 @@ class DistillConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    device: Device = "auto"                # where PyTorch runs (slmkit.device)
     teacher: str = Field(..., description="teacher model spec")
     data: str = Field(..., description="training text: file, directory or built-in corpus")
     tokens: int = Field(200_000, ge=1, description="training tokens (all ranks)")
@@ -469,9 +471,10 @@ def block_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, bf16:
     was = model.training
     model.eval()
     nll, n = 0.0, 0
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    device = model_device(model)
+    with torch.autocast(autocast_type(device), dtype=torch.bfloat16, enabled=bf16):
         for b in blocks.split(batch_size):
-            loss, m = causal_lm_loss(model, {"input_ids": b}, chunk_tokens)
+            loss, m = causal_lm_loss(model, {"input_ids": b.to(device)}, chunk_tokens)
             nll += float(loss) * m["loss_tokens"]
             n += m["loss_tokens"]
     model.train(was)
@@ -589,11 +592,14 @@ def _make_cache(cfg, teacher_slm, blocks, t_fp, rank, world, progress) -> dict:
     teacher = Teacher(teacher_slm.model)
     k = cfg.cache_top_k(teacher_slm.model.config.vocab_size)
 
+    device = model_device(teacher_slm.model)
+
     def logits_fn(ids):
-        h, _ = teacher.forward(ids, False)
+        h, _ = teacher.forward(ids.to(device), False)
         return h.reshape(-1, h.shape[-1]), teacher.logits
 
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.bf16 else None
+    autocast = (lambda: torch.autocast(autocast_type(device), dtype=torch.bfloat16)
+                ) if cfg.bf16 else None
     with progress_bar("teacher cache", total=len(blocks), enabled=progress and rank == 0) as bar:
         tc.build_cache(Path(cfg.teacher_cache), blocks, logits_fn, top_k=k, teacher_fp=t_fp,
                        teacher_name=cfg.teacher, batch_size=cfg.batch_size,
@@ -612,7 +618,7 @@ def _make_cache(cfg, teacher_slm, blocks, t_fp, rank, world, progress) -> dict:
 
 def _load_teacher(cfg, student_slm, t=None):
     from ..models.io import load
-    t = t or load(cfg.teacher)
+    t = t or load(cfg.teacher, device=cfg.device)
     if not cfg.cross_tokenizer:
         check_tokenizers(t.tokenizer, student_slm.tokenizer)
     check_sizes(t.model, student_slm.model, cfg.cross_tokenizer)
@@ -668,7 +674,7 @@ def _train_config(cfg: DistillConfig, steps: int):
                        grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
                        grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile,
                        eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every, seed=cfg.seed,
-                       parallel="fsdp" if cfg.fsdp else "ddp")
+                       parallel="fsdp" if cfg.fsdp else "ddp", device=cfg.device)
 
 
 def build_module(cfg: DistillConfig, student: nn.Module, teacher: nn.Module | None
@@ -714,7 +720,7 @@ def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,
         raise SlmError("all loss weights are 0", "set w_kl, w_ce or w_hidden above 0")
     rank, world = dist_setup()
     s_slm = student if isinstance(student, SLM) else load(student)
-    t_pre = load(cfg.teacher) if cfg.cross_tokenizer else None
+    t_pre = load(cfg.teacher, device=cfg.device) if cfg.cross_tokenizer else None
     blocks, steps, cross = train_blocks(cfg, s_slm.tokenizer, world,
                                         t_pre.tokenizer if t_pre else None)
     vblocks = val_blocks(cfg, s_slm.tokenizer)

@@ -121,8 +121,8 @@ def build_cache(root: Path, blocks: torch.Tensor, teacher_logits_fn, *, top_k: i
         for b in part.split(batch_size):
             with (autocast() if autocast else nullcontext()):
                 v, i = _topk_logits(teacher_logits_fn, b, top_k, chunk_tokens)
-            vals.append(v)
-            idx.append(i)
+            vals.append(v.cpu())
+            idx.append(i.cpu())
             on_block and on_block(len(b))
         tmp = path.with_suffix(f".tmp-{os.getpid()}")
         save_file({"values": torch.cat(vals), "indices": torch.cat(idx)}, str(tmp))

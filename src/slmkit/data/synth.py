@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..device import Device
 from ..errors import SlmError
 from . import iter_jsonl
 
@@ -24,6 +25,7 @@ class SynthConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    device: Device = "auto"                # where PyTorch runs (slmkit.device)
     teacher: str
     prompts: str = Field(..., description=".txt (one prompt or topic per line) or .jsonl "
                          "with a 'prompt' or 'topic' field")
@@ -86,7 +88,7 @@ def run_synth(out: str | Path, cfg: SynthConfig, *, overwrite: bool = False,
     if out.exists() and not overwrite:
         raise SlmError(f"{out} already exists", "choose another --out or pass --force")
     prompts = read_prompts(cfg.prompts)
-    engine = open_engine(cfg.teacher, cfg.engine)
+    engine = open_engine(cfg.teacher, cfg.engine, device=cfg.device)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     out.parent.mkdir(parents=True, exist_ok=True)
     t0, n_tok, kept, dropped = time.time(), 0, 0, 0

@@ -14,7 +14,7 @@ ENGINES = ("auto", "pytorch", "llama.cpp")
 
 
 def open_engine(spec, engine: str = "auto", *, n_ctx: int = 2048, logits_all: bool = False,
-                n_threads: int | None = None):
+                n_threads: int | None = None, device: str = "auto"):
     """An :class:`Engine` for a model spec (name, directory, ``.gguf``) or a loaded SLM.
 
     Args:
@@ -23,6 +23,7 @@ def open_engine(spec, engine: str = "auto", *, n_ctx: int = 2048, logits_all: bo
         n_ctx: llama.cpp context size.
         logits_all: llama.cpp keeps logits for every position (needed for perplexity).
         n_threads: llama.cpp CPU threads (default: all cores).
+        device: where a PyTorch model runs (``slmkit.device``); a loaded SLM stays put.
     """
     from ..models.io import SLM, builtin_gguf, load
     from .hf import HFEngine
@@ -38,7 +39,7 @@ def open_engine(spec, engine: str = "auto", *, n_ctx: int = 2048, logits_all: bo
     if engine == "auto":
         engine = "llama.cpp" if is_gguf else "pytorch"
     if engine == "pytorch":
-        return HFEngine(load(s))
+        return HFEngine(load(s, device=device))
     from .llamacpp import LlamaCppEngine
     if is_gguf:
         return LlamaCppEngine(Path(s), n_ctx=n_ctx, n_threads=n_threads, logits_all=logits_all)

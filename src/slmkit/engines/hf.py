@@ -5,6 +5,7 @@ from typing import Iterator
 
 import torch
 
+from ..device import model_device
 from ..models.io import SLM
 from .base import GenStats, sample, track
 
@@ -16,6 +17,7 @@ class HFEngine:
         self.slm = slm
         self.model = slm.model.eval()
         self.tok = slm.tokenizer
+        self.device = model_device(self.model)
         cfg = self.model.config
         self.context_length = int(getattr(cfg, "max_position_embeddings", 2048))
         eos = cfg.eos_token_id if cfg.eos_token_id is not None else self.tok.eos_token_id
@@ -38,8 +40,8 @@ class HFEngine:
 
     @torch.inference_mode()
     def logits(self, ids: list[int]) -> torch.Tensor:
-        x = torch.tensor([ids])
-        return self.model(x).logits[0].float()        # (T, vocab)
+        x = torch.tensor([ids], device=self.device)
+        return self.model(x).logits[0].float().cpu()  # (T, vocab)
 
     def token_ids(self, prompt_ids: list[int], max_tokens: int, temperature: float,
                   top_p: float, seed: int | None, stats: GenStats,
@@ -54,9 +56,9 @@ class HFEngine:
         """Endless sampled tokens, one forward pass each with a KV cache."""
         from transformers import DynamicCache
         cache = DynamicCache()
-        x = torch.tensor([prompt_ids])
+        x = torch.tensor([prompt_ids], device=self.device)
         while True:
             out = self.model(x, past_key_values=cache, use_cache=True)
             tok = sample(out.logits[0, -1], temperature, top_p, gen)
             yield tok
-            x = torch.tensor([[tok]])
+            x = torch.tensor([[tok]], device=self.device)

@@ -18,6 +18,7 @@ from typing import Literal
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..device import Device
 from ..errors import SlmError
 from ..paths import peak_rss
 from .choice import accuracy, read_task
@@ -33,6 +34,7 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    device: Device = "auto"                # where PyTorch runs (slmkit.device)
     data: str = Field("python-docs", description="text for perplexity: corpus name or path")
     split: Literal["val", "train", "all"] = "val"
     general_data: str | None = Field(None, description="second text for perplexity, e.g. wordnet-glosses")
@@ -144,7 +146,7 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
     rss0 = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
     n_ctx = max(cfg.max_length, cfg.prompt_tokens + cfg.gen_tokens + 8)
-    engine = open_engine(spec, cfg.engine, n_ctx=n_ctx, logits_all=True)
+    engine = open_engine(spec, cfg.engine, n_ctx=n_ctx, logits_all=True, device=cfg.device)
     row = {"model": str(spec), "engine": engine.name, "load_s": time.perf_counter() - t0}
     row["params"], row["bytes"] = _model_size(engine, spec)
     ids = engine_tokens(engine, cfg.data, cfg.split, cfg.max_eval_tokens)

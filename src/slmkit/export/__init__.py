@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..device import Device
 from ..errors import SlmError
 from .gguf_file import DIRECT_TYPES, GGUF_ARCHS
 
@@ -28,6 +29,7 @@ class ExportConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    device: Device = "auto"                # where PyTorch runs (slmkit.device)
     format: Literal["gguf", "hf"] = "gguf"
     type: str = Field("f16", description="GGUF tensor type: " + ", ".join(GGUF_TYPES))
     parity_tokens: int = Field(256, ge=0, description="held-out tokens for the parity check; "
@@ -104,7 +106,7 @@ def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
         if cfg.parity_tokens:
             from .parity import gguf_parity, parity_ids
             ids = parity_ids(slm.tokenizer, cfg.parity_tokens, cfg.parity_text)
-            report["parity"] = gguf_parity(slm, tmp, ids, cfg.parity_text)
+            report["parity"] = gguf_parity(slm, tmp, ids, cfg.parity_text, cfg.device)
         os.replace(tmp, out)
     finally:
         for p in (tmp, tmp2):

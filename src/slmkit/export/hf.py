@@ -28,6 +28,7 @@ def export_hf(slm, out: Path, cfg) -> dict:
     if cfg.parity_tokens:
         ids = parity_ids(slm.tokenizer, cfg.parity_tokens, cfg.parity_text)
         re = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-        report["parity"] = {**compare(pytorch_logits(slm.model, ids), pytorch_logits(re, ids),
-                                      ids), "engine": "transformers"}
+        report["parity"] = {**compare(pytorch_logits(slm.model, ids, cfg.device),
+                                      pytorch_logits(re, ids, cfg.device), ids),
+                            "engine": "transformers"}
     return report

@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from ..device import model_device, resolve_device
+
 PARITY_TEXT = "python-docs"
 
 
@@ -44,16 +46,24 @@ def compare(ref: torch.Tensor, got: torch.Tensor, ids: list[int]) -> dict:
 
 
 @torch.no_grad()
-def pytorch_logits(model, ids: list[int]) -> torch.Tensor:
-    return model(torch.tensor([ids])).logits[0].float()
+def pytorch_logits(model, ids: list[int], device: str | None = None) -> torch.Tensor:
+    """(T, V) fp32 logits on the CPU; with ``device`` the forward runs there (the model
+    returns to where it was)."""
+    home = model_device(model)
+    run_on = resolve_device(device) if device is not None else home
+    model.to(run_on)
+    try:
+        return model(torch.tensor([ids], device=run_on)).logits[0].float().cpu()
+    finally:
+        model.to(home)
 
 
-def gguf_parity(slm, path, ids: list[int], text: str) -> dict:
+def gguf_parity(slm, path, ids: list[int], text: str, device: str | None = None) -> dict:
     """Score ``ids`` with llama.cpp on ``path`` and with ``slm``; also compare tokenizers."""
     from ..engines.llamacpp import LlamaCppEngine
     eng = LlamaCppEngine(path, n_ctx=max(64, len(ids) + 8), n_threads=None, logits_all=True)
     try:
-        res = compare(pytorch_logits(slm.model, ids), eng.logits(ids), ids)
+        res = compare(pytorch_logits(slm.model, ids, device), eng.logits(ids), ids)
         sample = slm.tokenizer.decode(ids[: min(len(ids), 128)])
         hf_ids = slm.tokenizer(sample, add_special_tokens=False)["input_ids"]
         cpp_ids = eng.llm.tokenize(sample.encode(), add_bos=False, special=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..device import resolve_device
 from ..errors import SlmError
 from ..paths import cache_dir
 
@@ -159,13 +160,22 @@ def check_hf_dir(path: Path) -> None:
 
 # ---------------------------------------------------------------- load
 
-def load(spec: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> SLM:
+def load(spec: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+         device: str | torch.device | None = None) -> SLM:
     """Load a model from a built-in name, an HF directory, a .gguf file or a cached hub id.
 
     Args:
         spec: ``smollm2-135m``, ``runs/x/02-prune``, ``model.gguf``, ``org/name``.
         dtype: parameter dtype of the PyTorch model.
+        device: ``auto``, ``cpu``, ``cuda[:N]`` (see ``slmkit.device``); None = the CPU.
     """
+    slm = _load(spec, dtype)
+    if device is not None:
+        slm.model.to(resolve_device(device))
+    return slm
+
+
+def _load(spec: str | os.PathLike, dtype: torch.dtype) -> SLM:
     from .catalog import CATALOG
     s = str(spec)
     path = Path(s).expanduser()

@@ -89,7 +89,8 @@ def data_fingerprint(spec: str) -> str:
 
 def step_key(kind: str, options: dict, input_hash: str, teacher_hash: str | None) -> str:
     """The key that decides whether a finished step can be reused."""
-    opts = {k: v for k, v in options.items() if k not in ("resume", "teacher")}
+    # Where a step runs (resume, device) does not change what it makes.
+    opts = {k: v for k, v in options.items() if k not in ("resume", "teacher", "device")}
     data = {k: data_fingerprint(v) for k, v in opts.items()
             if k in DATA_KEYS and isinstance(v, str)}
     blob = json.dumps({"step": kind, "options": opts, "input": input_hash,
@@ -108,16 +109,19 @@ class Build:
         force: start from scratch (delete ``out`` first).
         console: a rich console for progress (default: the CLI's).
         after_step: called with each :class:`StepResult` (tests use it to interrupt).
+        device: where every step that runs PyTorch runs, over the recipe's ``device``.
     """
 
     def __init__(self, recipe: Recipe, out: str | Path | None = None, *, force: bool = False,
-                 console=None, after_step: Callable[[StepResult], None] | None = None):
+                 console=None, after_step: Callable[[StepResult], None] | None = None,
+                 device: str | None = None):
         from rich.console import Console
         self.recipe = recipe
         self.out = Path(out) if out else Path("runs") / recipe.name
         self.force = force
         self.console = console or Console(stderr=False)
         self.after_step = after_step
+        self.device = device
         self.results: dict[str, StepResult] = {}
 
     def run(self) -> dict:
@@ -198,6 +202,8 @@ class Build:
         teacher = self.results.get(step.options.get("teacher", "")) if step.step == "distill" \
             else None
         opts = resolved_options(self.recipe, i, teacher.artifact if teacher else None)
+        if self.device and "device" in step.kind.config_class().model_fields:
+            opts["device"] = self.device          # --device overrides the recipe's
         input_hash = src.artifact_hash or ""
         if step.step == "eval":                    # eval reads every stage it compares
             input_hash = json.dumps([(r.name, r.artifact_hash) for r in self._stages(i)])

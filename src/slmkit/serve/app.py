@@ -58,7 +58,8 @@ def open_slots(cfg: ServeConfig) -> list:
     Each distinct engine generates one token before the server opens, so the
     first request to reach a slot does not pay for its buffer allocation.
     """
-    first = open_engine(cfg.model, cfg.engine, n_ctx=cfg.ctx, n_threads=cfg.n_threads)
+    first = open_engine(cfg.model, cfg.engine, n_ctx=cfg.ctx, n_threads=cfg.n_threads,
+                        device=cfg.device)
     if first.name != "llama.cpp":
         slots = [first] * cfg.max_concurrency
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..device import Device
 from ..errors import SlmError
 
 
@@ -31,6 +32,7 @@ class ServeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    device: Device = "auto"                # where PyTorch runs (slmkit.device)
     model: str
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -33,6 +33,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..device import Device, autocast_type, model_device, to_device
 from ..errors import SlmError
 from ..paths import peak_rss
 from ..models.io import SLM, dir_bytes, load, replace_dir, save
@@ -47,6 +48,7 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    device: Device = "auto"                # where PyTorch runs (slmkit.device)
     data: str = Field(..., description="file, directory or built-in corpus")
     method: Literal["lora", "dora", "qlora", "full"] = "lora"
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank r")
@@ -136,9 +138,11 @@ def eval_loss(model: torch.nn.Module, data: Packed, batch_size: int = 4,
               chunk_tokens: int = 1024, bf16: bool = True) -> float:
     """Token-weighted mean cross-entropy of ``model`` on packed blocks."""
     total, count = 0.0, 0
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    device = model_device(model)
+    with torch.autocast(autocast_type(device), dtype=torch.bfloat16, enabled=bf16):
         for s in range(0, len(data), batch_size):
-            loss, m = sft_loss(model, data.batch(slice(s, s + batch_size)), chunk_tokens)
+            batch = to_device(data.batch(slice(s, s + batch_size)), device)
+            loss, m = sft_loss(model, batch, chunk_tokens)
             total += float(loss) * m["loss_tokens"]
             count += m["loss_tokens"]
     return total / max(count, 1)
@@ -237,7 +241,7 @@ def _train_cfg(cfg: FinetuneConfig, steps: int):
                        batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, bf16=True,
                        eval_every=every, ckpt_every=max(every, 25), seed=cfg.seed,
                        compile=cfg.compile, bf16_base=cfg.bf16_base,
-                       parallel="fsdp" if cfg.fsdp else "ddp")
+                       parallel="fsdp" if cfg.fsdp else "ddp", device=cfg.device)
 
 
 def _load(model) -> SLM:

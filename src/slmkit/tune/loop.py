@@ -55,6 +55,8 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from ..device import Device
+from ..device import autocast_type, model_device, resolve_device, to_device
 from ..errors import SlmError
 from .attention import blocked_attention_for
 from .heap import reuse_heap
@@ -81,6 +83,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    device: Device = "auto"                # where PyTorch runs (slmkit.device)
     lr: float = Field(2e-4, gt=0, description="peak learning rate")
     warmup_steps: int = Field(10, ge=0)
     max_steps: int = Field(100, ge=1, description="optimizer steps")
@@ -512,10 +515,11 @@ class _Run:
     eval_curve: list = field(default_factory=list)
 
 
-def _micro_step(forward, batches, cfg, run, m, rank, world, autocast):
+def _micro_step(forward, batches, cfg, run, m, rank, world, autocast, device):
     """Forward + backward of one micro-batch; returns (loss, metrics, tokens)."""
     g = run.position + m * world + rank
     batch = batches[batch_index(g, len(batches), cfg.seed, cfg.shuffle)]
+    batch = to_device(batch, device)
     with autocast:
         loss, metrics = forward(batch)
     if not torch.isfinite(loss):
@@ -531,10 +535,12 @@ def _optimizer_step(forward, batches, cfg, run, opt, params, rank, world, sharde
                             schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio)
     for group in opt.param_groups:
         group["lr"] = lr
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+    device = next(iter(params.values())).device
+    autocast = torch.autocast(autocast_type(device), dtype=torch.bfloat16, enabled=cfg.bf16)
     losses, sums, tokens = [], {}, 0
     for m in range(cfg.grad_accum):
-        loss, metrics, ntok = _micro_step(forward, batches, cfg, run, m, rank, world, autocast)
+        loss, metrics, ntok = _micro_step(forward, batches, cfg, run, m, rank, world, autocast,
+                                          device)
         losses.append(loss)
         tokens += ntok
         for k, v in metrics.items():
@@ -568,7 +574,8 @@ def _evaluate(model, eval_fn, run, sharded=None, bf16: bool = False) -> None:
         was = model.training
         model.eval()
         with (torch.no_grad(), torch.compiler.set_stance("force_eager"),
-              torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)):
+              torch.autocast(autocast_type(model_device(model)), dtype=torch.bfloat16,
+                             enabled=bf16)):
             out = eval_fn()
         model.train(was)
     run.eval_curve.append({"step": run.step, "tokens": run.tokens,
@@ -661,6 +668,8 @@ def train(model: nn.Module, batches, loss_fn: LossFn, cfg: TrainConfig, work_dir
     if len(batches) == 0:
         raise SlmError("no training batches", "add data or lower the batch size")
     rank, world = dist_setup()
+    device = train_device(cfg, world)
+    model.to(device)
     fsdp = use_fsdp(cfg, world)
     compile_ = should_compile(model, cfg)
     if fsdp and compile_:
@@ -669,12 +678,20 @@ def train(model: nn.Module, batches, loss_fn: LossFn, cfg: TrainConfig, work_dir
     torch.set_num_threads(_threads(cfg, world))
     try:
         with (compiled_layers(model, compile_ and not fsdp), reuse_heap(),
-              blocked_attention_for(model, cfg.blocked_attention),
+              blocked_attention_for(model, cfg.blocked_attention and device.type == "cpu"),
               frozen_weights_in_bf16(model, cfg.bf16 and not fsdp, cfg.bf16_base)):
             return _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress,
                           rank, world, fsdp)
     finally:
         torch.set_num_threads(threads)
+
+
+def train_device(cfg: TrainConfig, world: int) -> torch.device:
+    """Where this rank trains: ``cfg.device``; under torchrun on CUDA, the rank's own GPU."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1 and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def _setup(model, loss_fn, cfg, world, fsdp):

@@ -13,6 +13,7 @@ from typing import Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from ...device import Device, model_device
 from ...errors import SlmError
 from ...models.arch import decoder_layers, linear_layers
 from ...models.io import SLM, count_params, dir_bytes, load, replace_dir, save
@@ -60,6 +61,7 @@ class PruneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    device: Device = "auto"                # where PyTorch runs (slmkit.device)
     method: Literal["magnitude", "wanda", "sparsegpt", "depth", "width", "vocab"] = "sparsegpt"
     sparsity: float | None = None
     pattern: str | None = None
@@ -169,12 +171,12 @@ def check_pattern_fits(model, nm) -> None:
                                f"{m.in_features}")
 
 
-def _open(model) -> SLM:
+def _open(model, device: str) -> SLM:
     """A private copy: the caller's SLM is not modified."""
     if isinstance(model, SLM):
         return SLM(copy.deepcopy(model.model), model.tokenizer, model.spec, dict(model.meta),
                    model.path)
-    return load(model)
+    return load(model, device=device)
 
 
 def _bytes_before(slm: SLM) -> int:
@@ -235,7 +237,7 @@ def run_prune(model, out: str | os.PathLike, cfg: PruneConfig,
     out = Path(out)
     if out.exists() and not cfg.overwrite:
         raise SlmError(f"{out} already exists", "choose another --out or pass --force")
-    slm = _open(model)
+    slm = _open(model, cfg.device)
     torch_model = slm.model.eval()
     check_pattern_fits(torch_model, cfg.nm)
     params_before = count_params(torch_model)
@@ -247,6 +249,7 @@ def run_prune(model, out: str | os.PathLike, cfg: PruneConfig,
     if cfg.method != "magnitude":
         ids = calib_blocks(cfg.calib, slm.tokenizer, cfg.seqlen, cfg.nsamples)
         check_calib(ids, cfg.seqlen)
+        ids = ids.to(model_device(torch_model))
     ppl_before = _ppl(slm, torch_model, cfg)
     t0 = time.perf_counter()
     pruned, structure = prune_model(torch_model, ids, cfg, progress)

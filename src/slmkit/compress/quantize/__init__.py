@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ...device import Device, model_device
 from ...errors import SlmError
 from ...models.io import tensor_bytes as model_bytes  # in memory, tied tensors once
 from ...paths import peak_rss
@@ -27,6 +28,7 @@ class QuantizeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    device: Device = "auto"                # where PyTorch runs (slmkit.device)
     method: Literal["rtn", "gptq"] = "gptq"
     bits: int = 4
     group_size: int = Field(128, description="inputs per scale; -1 = one scale per row")
@@ -91,7 +93,8 @@ def load_quantized(path: Path, dtype: torch.dtype = torch.float32):
 def block_perplexity(model: torch.nn.Module, ids: torch.Tensor) -> float:
     """Perplexity over (N, T) blocks, each scored on its own (no overlap)."""
     nll, n = 0.0, 0
-    for b in ids:
+    device = model_device(model)
+    for b in ids.to(device):
         logits = model(b[None]).logits[0, :-1].float()
         nll += float(torch.nn.functional.cross_entropy(logits, b[1:], reduction="sum"))
         n += b.numel() - 1
@@ -127,11 +130,12 @@ def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
     out = Path(out)
     if out.exists() and not overwrite:
         raise SlmError(f"{out} already exists", "choose another --out or pass --force")
-    slm = model if isinstance(model, SLM) else load(model)
+    slm = model if isinstance(model, SLM) else load(model, device=cfg.device)
     if quant_linears(slm.model):
         raise SlmError(f"{slm.spec} is already quantized", "quantize the unquantized model")
     t0 = time.perf_counter()
     calib = first_blocks(cfg.calib, slm.tokenizer, cfg.seq_len, "train", cfg.calib_samples)
+    calib = calib.to(model_device(slm.model))
     held = _eval_ids(cfg, slm.tokenizer)
     before = _measure(slm, held, cfg)
     report = {"method": cfg.method, "bits": cfg.bits, "group_size": cfg.group_size,
