@@ -44,7 +44,7 @@ def eval_table(rows: list[dict], title: str = "slm eval") -> Table:
 def eval_cmd(
     models: List[str] = typer.Argument(..., help="Models: built-in names, HF directories, .gguf files."),
     data: str = typer.Option("python-docs", "--data", "-d", help="Text for perplexity: corpus name, file or directory."),
-    split: str = typer.Option("val", help="Which split of --data to score: val, train or all."),
+    split: str = typer.Option("auto", help="Which split of --data to score: val, train or all; auto: val for a built-in corpus or data a model was trained on (per its saved history), else all of it."),
     general_data: Optional[str] = typer.Option(None, "--general-data", help="Second text for perplexity (e.g. wordnet-glosses)."),
     task: Optional[str] = typer.Option(None, "--task", help="Multiple-choice JSONL of {question, choices, answer}."),
     engine: str = typer.Option("auto", help="auto (llama.cpp for .gguf, else pytorch), pytorch or llama.cpp."),
@@ -79,3 +79,19 @@ def eval_cmd(
         print_json(result)
     else:
         console.print(eval_table(result["models"]))
+        console.print(scored_note(result), highlight=False)
+
+
+def scored_note(result: dict) -> str:
+    """What the perplexity columns scored: which split of which text, how many tokens."""
+    cfg, rows = result["config"], result["models"]
+    parts = []
+    for key, data, split in (("ppl", cfg["data"], cfg["split"]),
+                             ("ppl_general", cfg.get("general_data"), cfg.get("general_split"))):
+        tokens = sorted({r[f"{key}_tokens"] for r in rows if r.get(f"{key}_tokens")})
+        if data and tokens:
+            what = "all of" if split == "all" else f"the {split} split of"
+            count = "/".join(f"{t:,}" for t in tokens)
+            parts.append(f"{key}: {what} {data}, {count} tokens scored")
+    cap = cfg.get("max_eval_tokens")
+    return "; ".join(parts) + (f" (at most {cap:,} per text: --max-eval-tokens)" if cap else "")

@@ -36,8 +36,12 @@ class EvalConfig(BaseModel):
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     data: str = Field("python-docs", description="text for perplexity: corpus name or path")
-    split: Literal["val", "train", "all"] = "val"
+    split: Literal["auto", "val", "train", "all"] = Field(
+        "auto", description="which split of data to score; auto: val for a built-in corpus or "
+        "data a model was trained on (its saved history says so), all of it otherwise")
     general_data: str | None = Field(None, description="second text for perplexity, e.g. wordnet-glosses")
+    general_split: Literal["auto", "val", "train", "all"] = Field(
+        "auto", description="which split of general_data to score (auto as for split)")
     task: str | None = Field(None, description="multiple-choice JSONL {question, choices, answer}")
     engine: Literal["auto", "pytorch", "llama.cpp"] = "auto"
     max_length: int = Field(512, gt=1)
@@ -59,6 +63,41 @@ class EvalConfig(BaseModel):
         if v is not None and not data_exists(v):
             raise ValueError(f"'{v}' is neither a built-in corpus ({', '.join(CORPORA)}) nor a path")
         return v
+
+
+def resolve_split(split: str, spec: str, models: list) -> str:
+    """The split ``auto`` stands for: ``val`` where a model may have trained on ``spec``
+    (a built-in corpus, the recipes' data, or data in a model's saved history), else ``all``.
+    """
+    from ..data.corpora import CORPORA
+    if split != "auto":
+        return split
+    return "val" if spec in CORPORA or any(_trained_on(m, spec) for m in models) else "all"
+
+
+def resolved(cfg: EvalConfig, models: list) -> EvalConfig:
+    """``cfg`` with its ``auto`` splits resolved for ``models`` (one split for all of them)."""
+    return cfg.model_copy(update={
+        "split": resolve_split(cfg.split, cfg.data, models),
+        "general_split": resolve_split(cfg.general_split, cfg.general_data or "", models)})
+
+
+def _trained_on(model, spec: str) -> bool:
+    """Whether the ``slmkit.json`` history of a model directory names ``spec`` as its data."""
+    from ..models.io import META_FILE
+    meta = Path(str(model)).expanduser() / META_FILE
+    try:
+        history = json.loads(meta.read_text()).get("history", [])
+    except (OSError, ValueError):
+        return False
+    want = {spec, str(Path(spec).expanduser().resolve())}
+    for step in history:
+        cfg = step.get("config", {}) if isinstance(step, dict) else {}
+        for key in ("data", "calib", "calib_data"):
+            v = cfg.get(key)
+            if isinstance(v, str) and (v in want or str(Path(v).expanduser().resolve()) in want):
+                return True
+    return False
 
 
 def engine_tokens(engine, spec: str, split: str, limit: int | None) -> list[int]:
@@ -143,6 +182,7 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
     it the model's own tokenizer picks ``max_eval_tokens`` tokens.
     """
     from ..engines import open_engine
+    cfg = resolved(cfg, [spec])
     rss0 = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
     n_ctx = max(cfg.max_length, cfg.prompt_tokens + cfg.gen_tokens + 8)
@@ -160,6 +200,9 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
                                  repeats=3 if engine.name == "llama.cpp" else 2))
     row["rss_before_load"] = rss0
     row["peak_rss"] = peak_rss()
+    row["ppl_split"] = cfg.split
+    if cfg.general_data:
+        row["ppl_general_split"] = cfg.general_split
     if texts:
         r = text_perplexity(engine, texts["data"], cfg.max_length, cfg.stride, progress)
         row.update(ppl=r["ppl"], ppl_own_tokens=r["ppl_own_tokens"], ppl_tokens=r["tokens"],
@@ -168,10 +211,13 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
         row.update({f"{k}": v for k, v in _ppl(engine, ids, cfg, progress).items()})
     if cfg.general_data and texts:
         r = text_perplexity(engine, texts["general"], cfg.max_length, cfg.stride, progress)
-        row.update(ppl_general=r["ppl"], ppl_general_own_tokens=r["ppl_own_tokens"])
+        row.update(ppl_general=r["ppl"], ppl_general_own_tokens=r["ppl_own_tokens"],
+                   ppl_general_tokens=r["tokens"])
     elif cfg.general_data:
-        gen_ids = engine_tokens(engine, cfg.general_data, cfg.split, cfg.max_eval_tokens)
-        row["ppl_general"] = perplexity(engine, gen_ids, cfg.max_length, cfg.stride, progress)["ppl"]
+        gen_ids = engine_tokens(engine, cfg.general_data, cfg.general_split,
+                                cfg.max_eval_tokens)
+        r = perplexity(engine, gen_ids, cfg.max_length, cfg.stride, progress)
+        row.update(ppl_general=r["ppl"], ppl_general_tokens=r["tokens"])
     if cfg.task:
         row.update({f"mc_{k}": v for k, v in accuracy(engine, read_task(cfg.task), progress).items()})
     return row
@@ -205,7 +251,8 @@ def reference_texts(cfg: EvalConfig) -> dict[str, EvalText] | None:
     tok = load_tokenizer(cfg.reference)
     out = {"data": eval_text(tok, cfg.data, cfg.split, cfg.max_eval_tokens)}
     if cfg.general_data:
-        out["general"] = eval_text(tok, cfg.general_data, cfg.split, cfg.max_eval_tokens)
+        out["general"] = eval_text(tok, cfg.general_data, cfg.general_split,
+                                   cfg.max_eval_tokens)
     return out
 
 
@@ -252,6 +299,7 @@ def run_eval(models: list, cfg: EvalConfig, progress: bool = True) -> dict:
     """
     if not models:
         raise SlmError("no model given", "name at least one model")
+    cfg = resolved(cfg, models)
     rows = []
     say = _announcer(progress)
     texts = reference_texts(cfg)

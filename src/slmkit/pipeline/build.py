@@ -250,6 +250,8 @@ class Build:
         stages = self._stages(i)
         if cfg.reference is None and "base" in self.results:   # one scale for every vocabulary
             cfg = cfg.model_copy(update={"reference": self.results["base"].artifact})
+        if cfg.split == "auto" and cfg.data == self.recipe.data:  # the build trained on it
+            cfg = cfg.model_copy(update={"split": "val"})
         report = self.recipe.steps[i].kind.run_function()([r.artifact for r in stages], cfg)
         for row, r in zip(report["models"], stages):
             row["stage"] = r.name
