@@ -192,7 +192,8 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
     ids = engine_tokens(engine, cfg.data, cfg.split, cfg.max_eval_tokens)
     row["tokens_per_char"] = tokens_per_char(engine, cfg.data, cfg.split)
     if cfg.general_data:
-        row["tokens_per_char_general"] = tokens_per_char(engine, cfg.general_data, cfg.split)
+        row["tokens_per_char_general"] = tokens_per_char(engine, cfg.general_data,
+                                                           cfg.general_split)
     if cfg.speed:
         prompt = (ids * (cfg.prompt_tokens // max(len(ids), 1) + 1))[: cfg.prompt_tokens]
         # llama.cpp runs are short and jittery on a shared machine: best of three
