@@ -7,7 +7,9 @@ import torch
 
 from ..device import model_device
 from ..models.io import SLM
+from . import chat_format
 from .base import GenStats, sample, track
+from .chat_format import end_of_turn_ids
 
 
 class HFEngine:
@@ -24,6 +26,12 @@ class HFEngine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         if self.tok.eos_token_id is not None:
             self.eos_ids.add(self.tok.eos_token_id)
+        self.eos_ids |= end_of_turn_ids(self._special_id)
+        self._chat = None                     # chosen on first use (it may print a note)
+
+    def _special_id(self, text: str) -> int | None:
+        i = self.tok.convert_tokens_to_ids(text)
+        return i if isinstance(i, int) and i != self.tok.unk_token_id else None
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         return self.tok(text, add_special_tokens=special)["input_ids"]
@@ -32,11 +40,13 @@ class HFEngine:
         return self.tok.decode(ids, skip_special_tokens=True)
 
     def chat_prompt(self, messages: list[dict]) -> str:
-        from ..data import record_text
         if getattr(self.tok, "chat_template", None):
             return self.tok.apply_chat_template(messages, tokenize=False,
                                                 add_generation_prompt=True)
-        return record_text({"messages": messages}) + "\nassistant:"
+        if self._chat is None:
+            self._chat = chat_format.choose(None, lambda t: self._special_id(t) is not None,
+                                            str(self.slm.spec))
+        return self._chat.render(messages)
 
     @torch.inference_mode()
     def logits(self, ids: list[int]) -> torch.Tensor:

@@ -9,7 +9,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from . import chat_format
 from .base import GenStats, track
+from .chat_format import end_of_turn_ids
 from .llama_lib import llama_cpp
 
 
@@ -28,11 +30,8 @@ class LlamaCppEngine:
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
                          n_threads_batch=threads, logits_all=logits_all, verbose=False)
         self.context_length = self.llm.n_ctx()
-        self.eos_ids = {self.llm.token_eos()}
-        eot = self._special_id("<|im_end|>") or self._special_id("<end_of_turn>")
-        if eot is not None:
-            self.eos_ids.add(eot)
-        self._template = self.llm.metadata.get("tokenizer.chat_template")
+        self.eos_ids = {self.llm.token_eos()} | end_of_turn_ids(self._special_id)
+        self._chat = None                     # chosen on first use (it may print a note)
 
     def _special_id(self, text: str) -> int | None:
         ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -45,14 +44,12 @@ class LlamaCppEngine:
         return self.llm.detokenize(ids).decode("utf-8", errors="replace")
 
     def chat_prompt(self, messages: list[dict]) -> str:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-        if not self._template:
-            return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise
-        return env.from_string(self._template).render(
-            messages=messages, add_generation_prompt=True,
-            bos_token=self.detokenize_special(self.llm.token_bos()), eos_token="")
+        if self._chat is None:
+            self._chat = chat_format.choose(
+                self.llm.metadata.get("tokenizer.chat_template"),
+                lambda t: self._special_id(t) is not None, self.path.name,
+                bos=self.detokenize_special(self.llm.token_bos()))
+        return self._chat.render(messages)
 
     def detokenize_special(self, tok: int) -> str:
         return self.llm.detokenize([tok], special=True).decode("utf-8", errors="replace")
@@ -80,6 +77,3 @@ def _check_once(path: str, size: int, mtime_ns: int) -> None:
     from ..models.io import check_gguf
     check_gguf(Path(path))
 
-
-def _raise(msg):
-    raise ValueError(msg)
