@@ -1,10 +1,12 @@
 """slm augment: EDA copies of text data."""
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 from rich.table import Table
 
-from .app import app, console, print_json
+from .app import TEXT_FIELD, app, console, print_json
 
 
 @app.command("augment")
@@ -17,6 +19,7 @@ def augment_cmd(
     ops: str = typer.Option("sr,ri,rs,rd", "--ops", help="EDA operations: sr (synonym), ri (insert), rs (swap), rd (delete)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same output)."),
     no_original: bool = typer.Option(False, "--no-original", help="Write only the augmented copies."),
+    text_field: Optional[str] = TEXT_FIELD,
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
     """Make noisy copies of text records with EDA (synonyms, insertion, swap, deletion).
@@ -26,12 +29,13 @@ def augment_cmd(
 
     Example: slm augment notes.jsonl --method eda --n 4 --alpha 0.1 --out notes-eda.jsonl --seed 1
     """
+    from ..data import with_text_field
     from ..data.augment import AugmentConfig, run_augment
     from ..pipeline_util import config_from_options
     cfg = config_from_options(AugmentConfig, method=method, n=n, alpha=alpha,
                               ops=[o.strip() for o in ops.split(",") if o.strip()], seed=seed,
                               keep_original=not no_original)
-    report = run_augment(data, out, cfg)
+    report = run_augment(with_text_field(data, text_field), out, cfg)
     if json_out:
         print_json(report)
         return

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .app import DeviceOpt, app, console, print_json
+from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
 def _pairs(text: Optional[str]) -> Optional[list[tuple[int, int]]]:
@@ -73,6 +73,7 @@ def distill_cmd(
     device: str = DeviceOpt,
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint in --out's work directory if there is one (the default), or start afresh."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+    text_field: Optional[str] = TEXT_FIELD,
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
     """Distil a teacher into a smaller student: KL to the teacher, CE on data, hidden states.
@@ -84,6 +85,7 @@ def distill_cmd(
 
     Example: slm distill --teacher smollm2-135m --student runs/pruned --data python-docs --tokens 200000 --out runs/distilled
     """
+    from ..data import with_text_field
     from ..compress.distill import DistillConfig, init_student, run_distill
     from ..errors import SlmError
     from ..pipeline_util import config_from_options
@@ -93,7 +95,7 @@ def distill_cmd(
     if set_ and not student_config:
         raise SlmError("--set needs --student-config", "drop --set or add --student-config")
     cfg = config_from_options(
-        DistillConfig, teacher=teacher, data=data, tokens=tokens, seq_len=seq_len,
+        DistillConfig, teacher=teacher, data=with_text_field(data, text_field), tokens=tokens, seq_len=seq_len,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
         schedule=schedule, kd=kd, temperature=temperature, jsd_beta=jsd_beta, w_kl=w_kl,
         w_ce=w_ce, w_hidden=w_hidden, layer_pairs=_pairs(layer_pairs), top_k=top_k,

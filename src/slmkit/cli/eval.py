@@ -6,7 +6,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .app import DeviceOpt, app, console, print_json
+from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
 def _fmt_bytes(n: float) -> str:
@@ -56,6 +56,7 @@ def eval_cmd(
     no_speed: bool = typer.Option(False, "--no-speed", help="Skip the speed measurement."),
     no_isolate: bool = typer.Option(False, "--no-isolate", help="Measure all models in this process (peak memory then accumulates)."),
     device: str = DeviceOpt,
+    text_field: Optional[str] = TEXT_FIELD,
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Measure models side by side: size, memory, perplexity, speed, accuracy.
@@ -68,9 +69,11 @@ def eval_cmd(
 
     Example: slm eval smollm2-135m runs/vocab8k --reference smollm2-135m
     """
+    from ..data import with_text_field
     from ..evaluate import EvalConfig, run_eval
     from ..pipeline_util import config_from_options
-    cfg = config_from_options(EvalConfig, data=data, split=split, general_data=general_data,
+    cfg = config_from_options(EvalConfig, data=with_text_field(data, text_field), split=split,
+                              general_data=with_text_field(general_data, text_field),
                               task=task, engine=engine, max_length=max_length, stride=stride,
                               max_eval_tokens=max_eval_tokens or None, gen_tokens=gen_tokens,
                               speed=not no_speed, isolate=not no_isolate, reference=reference, device=device)

@@ -1,9 +1,11 @@
 """slm export: GGUF for llama.cpp, or a plain HF safetensors directory."""
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
-from .app import DeviceOpt, app, console, print_json
+from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
 @app.command("export")
@@ -16,6 +18,7 @@ def export_cmd(
     parity_text: str = typer.Option("python-docs", help="Text for the parity check (val split)."),
     device: str = DeviceOpt,
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    text_field: Optional[str] = TEXT_FIELD,
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
     """Export a model to GGUF (checked against PyTorch in llama.cpp) or to plain HF safetensors.
@@ -25,11 +28,12 @@ def export_cmd(
 
     Example: slm export runs/q4 --format gguf --type q4_0 --out runs/q4.gguf
     """
+    from ..data import with_text_field
     from ..export import ExportConfig, run_export
     from ..pipeline_util import config_from_options
     from ..progress import progress_bar
     cfg = config_from_options(ExportConfig, format=fmt, type=type_, parity_tokens=parity_tokens,
-                              parity_text=parity_text, device=device)
+                              parity_text=with_text_field(parity_text, text_field), device=device)
     with progress_bar(f"export {fmt}", total=None, enabled=not json_out):
         report = run_export(model, out, cfg, overwrite=force)
     if json_out:

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from .app import DeviceOpt, app, console, print_json
+from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
 @app.command("prune")
@@ -29,6 +29,7 @@ def prune_cmd(
     eval_tokens: int = typer.Option(8192, help="Held-out tokens scored before and after (0 skips)."),
     device: str = DeviceOpt,
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+    text_field: Optional[str] = TEXT_FIELD,
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
 ):
     """Prune a model on calibration data and report what it gained and lost.
@@ -43,16 +44,17 @@ def prune_cmd(
 
     Example: slm prune smollm2-135m --method vocab --vocab-size 8192 --calib python-docs --out runs/vocab8k
     """
+    from ..data import with_text_field
     from ..compress.prune import PruneConfig, run_prune
     from ..compress.prune.report import print_report
     from ..pipeline_util import config_from_options
     from ..progress import progress_bar
     cfg = config_from_options(PruneConfig, method=method, sparsity=sparsity, pattern=pattern,
-                              target=target, calib=calib, nsamples=nsamples, seqlen=seqlen,
+                              target=target, calib=with_text_field(calib, text_field), nsamples=nsamples, seqlen=seqlen,
                               batch_size=batch_size, iterative=iterative, sequential=sequential,
                               calib_autocast=bf16_calib,
                               vocab_size=vocab_size, min_count=min_count,
-                              eval_data=eval_data,
+                              eval_data=with_text_field(eval_data, text_field),
                               eval_tokens=eval_tokens, overwrite=force, device=device)
     with progress_bar(f"{method} layers", total=None, enabled=not json_out) as bar:
         report = run_prune(model, out, cfg,

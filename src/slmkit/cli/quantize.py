@@ -1,9 +1,11 @@
 """slm quantize: weight-only int8/int4 quantization (RTN or GPTQ) to packed integers."""
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
-from .app import DeviceOpt, app, console, print_json
+from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
 @app.command("quantize")
@@ -23,6 +25,7 @@ def quantize_cmd(
     speed_tokens: int = typer.Option(32, help="Tokens decoded to measure speed before and after (0 skips)."),
     device: str = DeviceOpt,
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+    text_field: Optional[str] = TEXT_FIELD,
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
     """Quantize the decoder Linear layers to packed int8/int4 and report size, quality, speed.
@@ -32,11 +35,12 @@ def quantize_cmd(
 
     Example: slm quantize smollm2-135m --method gptq --bits 4 --group-size 128 --calib python-docs --out runs/q4
     """
+    from ..data import with_text_field
     from ..compress.quantize import QuantizeConfig, run_quantize
     from ..pipeline_util import config_from_options
     from ..progress import progress_bar
     cfg = config_from_options(QuantizeConfig, method=method, bits=bits, group_size=group_size,
-                              sym=sym, act_order=act_order, clip=clip, calib=calib,
+                              sym=sym, act_order=act_order, clip=clip, calib=with_text_field(calib, text_field),
                               calib_samples=calib_samples, seq_len=seq_len,
                               eval_tokens=eval_tokens, speed_tokens=speed_tokens, device=device)
     with progress_bar(f"{method} layers", total=None, enabled=not json_out) as bar:

@@ -38,11 +38,11 @@ FIELD_SEP = "#"
 
 def with_text_field(spec: str | Path | None, text_field: str | None) -> str | None:
     """A data spec that reads its text from column (or JSONL key) ``text_field``:
-    ``reviews.csv`` and ``body`` -> ``reviews.csv#body``. Built-in corpora are left alone."""
-    if spec is None or not text_field or str(spec) in CORPORA:
+    ``reviews.csv`` and ``body`` -> ``reviews.csv#body``. Built-in corpora and specs that
+    name their own field are left alone."""
+    if spec is None or not text_field or str(spec) in CORPORA or parse_spec(spec)[1]:
         return None if spec is None else str(spec)
-    base, _ = parse_spec(spec)
-    return f"{base}{FIELD_SEP}{text_field}"
+    return f"{spec}{FIELD_SEP}{text_field}"
 
 
 def parse_spec(spec: str | Path) -> tuple[str, str | None]:

@@ -26,6 +26,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import SlmError
+from ..data import with_text_field
+from . import sizing
 from .steps import FROM_RECIPE, STEP_DEFAULTS, STEPS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -63,18 +65,21 @@ class Recipe(BaseModel):
     base: str
     data: str
     general_data: str | None = "wordnet-glosses"
+    eval_data: str | None = None       # held-out text the eval step scores (all of it)
+    text_field: str | None = None      # column (CSV, Parquet) or key (JSONL) with the text
     seed: int = 0
     quick: str | None = None           # name of this recipe's 5-minute variant
     compare_to: str = "base"           # the stage the final model is compared with
-    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    prompts: list[str] | None = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    # None: the first words of a few held-out records of the data (set when the build starts)
     sample_tokens: int = Field(48, ge=1, le=512)
     steps: list[Step] = Field(min_length=1)
     source: str | None = None          # the file it was read from
 
-    @field_validator("base", "data")
+    @field_validator("base", "data", "eval_data", "text_field")
     @classmethod
-    def _not_empty(cls, v: str) -> str:
-        if not v.strip():
+    def _not_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
             raise ValueError("must not be empty")
         return v
 
@@ -149,12 +154,19 @@ def resolve_path(spec: str | Path) -> Path:
                    f"pass a .yaml file or one of: {', '.join(recipes)} (see `slm build --list`)")
 
 
-def load_recipe(spec: str | Path, *, check_files: bool = True) -> Recipe:
+OVERRIDABLE = ("base", "data", "general_data", "eval_data", "text_field")
+
+
+def load_recipe(spec: str | Path, *, check_files: bool = True,
+                overrides: dict | None = None) -> Recipe:
     """Read and validate a recipe file (or a shipped recipe name).
 
     Args:
         spec: path to a YAML file, or the name of a shipped recipe.
         check_files: also check that the model and data it names exist.
+        overrides: values replacing the file's (``base``, ``data``, ``general_data``,
+            ``eval_data``, ``text_field``; paths relative to the working directory). A
+            new ``data`` drops the recipe's prompts: samples then start from the data.
 
     Raises:
         SlmError: naming the field and its line for any problem.
@@ -162,19 +174,30 @@ def load_recipe(spec: str | Path, *, check_files: bool = True) -> Recipe:
     path = resolve_path(spec)
     data, loc = read_yaml(path.read_text(), str(path))
     return parse_recipe(data, loc, base_dir=path.parent, check_files=check_files,
-                        source=str(path))
+                        source=str(path), overrides=overrides)
 
 
 def parse_recipe(data: dict, loc: Located, *, base_dir: Path = Path("."),
-                 check_files: bool = True, source: str | None = None) -> Recipe:
+                 check_files: bool = True, source: str | None = None,
+                 overrides: dict | None = None) -> Recipe:
     """Validate recipe ``data`` (already parsed); see :func:`load_recipe`."""
     raw = copy.deepcopy(data)
     raw["steps"] = [_split_step(s, i, loc) for i, s in enumerate(_step_list(raw, loc))]
     _name_steps(raw["steps"], loc)
     raw["source"] = source
-    for key in ("base", "data", "general_data"):
+    for key in ("base", "data", "general_data", "eval_data"):
         if isinstance(raw.get(key), str) and not _is_builtin(key, raw[key]):
             raw[key] = _relative(raw[key], base_dir)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if overrides.get("data") not in (None, raw.get("data")):
+        raw["prompts"] = None
+    raw.update(overrides)
+    for key in overrides:                   # errors name the option, not a line of the file
+        loc.lines.pop((key,), None)
+    if isinstance(raw.get("text_field"), str):      # data files read their text from it
+        for key in ("data", "general_data", "eval_data"):
+            if isinstance(raw.get(key), str):
+                raw[key] = with_text_field(raw[key], raw["text_field"])
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
@@ -357,6 +380,12 @@ def resolved_options(recipe: Recipe, i: int, teacher_spec: str | None = None) ->
     for field_name, attr in FROM_RECIPE.items():
         if field_name in fields and field_name not in opts and getattr(recipe, attr) is not None:
             opts[field_name] = getattr(recipe, attr)
+    if recipe.eval_data:
+        if step.step == "eval" and "data" not in step.options:
+            opts["data"] = recipe.eval_data
+            opts.setdefault("split", "all")
+        elif "eval_data" in fields and "eval_data" not in step.options:
+            opts["eval_data"] = recipe.eval_data
     if "resume" in fields and "resume" not in opts:
         opts["resume"] = True
     if "teacher" in opts and teacher_spec is not None:
@@ -370,6 +399,13 @@ def validate_options(recipe: Recipe, i: int, loc: Located):
     step = recipe.steps[i]
     cls = step.kind.config_class()
     opts = resolved_options(recipe, i, teacher_spec=recipe.base)
+    for key, value in opts.items():
+        if sizing.is_adaptive(step.step, key, value):
+            try:
+                opts[key] = sizing.placeholder(step.step, key, value)
+            except ValueError as exc:
+                raise loc.error(("steps", i, key), str(exc), "see the rules in `slm build "
+                                "--help` or src/slmkit/pipeline/sizing.py") from exc
     try:
         return cls(**opts)
     except ValidationError as exc:

@@ -115,6 +115,7 @@ def write_report(build, seconds: float) -> dict:
     report = {
         "recipe": build.recipe.model_dump(mode="json", exclude={"source"}),
         "recipe_file": build.recipe.source, "run_dir": str(build.out),
+        "sizing": build.sizing.as_dict() if build.sizing else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "build_seconds": round(seconds, 1),
         "steps": [{"name": r.name, "step": r.step, "status": r.status, "dir": str(r.dir),
                    "artifact": r.artifact, "seconds": round(r.seconds, 1), "key": r.key}
