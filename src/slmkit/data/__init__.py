@@ -92,8 +92,6 @@ def read_records(spec: str | Path, text_field: str | None = None) -> list[dict]:
     return records
 
 
-
-
 def record_text(rec: dict, tokenizer=None) -> str:
     """The record as one string (chat records through the tokenizer's template)."""
     if "text" in rec:
