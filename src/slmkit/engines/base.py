@@ -31,9 +31,17 @@ class Engine(Protocol):
     def detokenize(self, ids: list[int]) -> str: ...
     def chat_prompt(self, messages: list[dict]) -> str: ...
     def logits(self, ids: list[int]) -> torch.Tensor: ...           # (T, vocab) float32
+    def score_suffixes(self, prefix: list[int],
+                       suffixes: list[list[int]]) -> list[torch.Tensor]: ...
     def token_ids(self, prompt_ids: list[int], max_tokens: int, temperature: float,
                   top_p: float, seed: int | None, stats: GenStats,
                   ignore_eos: bool = False) -> Iterator[int]: ...
+
+
+def token_logprobs(logits: torch.Tensor, targets: list[int]) -> torch.Tensor:
+    """log p(targets[i] | logits[i]): (T, vocab) and T ids -> (T,)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(1, torch.tensor(targets)[:, None])[:, 0]
 
 
 def track(tokens: Iterator[int], stats: GenStats, eos_ids: set[int], max_tokens: int,

@@ -8,7 +8,7 @@ import torch
 from ..device import model_device
 from ..models.io import SLM
 from . import chat_format
-from .base import GenStats, sample, track
+from .base import GenStats, sample, token_logprobs, track
 from .chat_format import end_of_turn_ids
 
 
@@ -52,6 +52,26 @@ class HFEngine:
     def logits(self, ids: list[int]) -> torch.Tensor:
         x = torch.tensor([ids], device=self.device)
         return self.model(x).logits[0].float().cpu()  # (T, vocab)
+
+    @torch.inference_mode()
+    def score_suffixes(self, prefix: list[int], suffixes: list[list[int]]) -> list[torch.Tensor]:
+        """Log-probability of each suffix token after ``prefix`` (and the suffix before it).
+
+        One pass over the prefix fills a KV cache; the cache is repeated once per suffix
+        and all suffixes run as one right-padded batch (causal attention keeps the
+        padding out of the real positions).
+        """
+        from transformers import DynamicCache
+        cache = DynamicCache()
+        last = self.model(torch.tensor([prefix], device=self.device), past_key_values=cache,
+                          use_cache=True).logits[0, -1].float().cpu()   # (vocab,)
+        width = max(len(s) for s in suffixes)
+        batch = torch.tensor([s + [s[-1]] * (width - len(s)) for s in suffixes], device=self.device)
+        cache.batch_repeat_interleave(len(suffixes))
+        logits = self.model(batch, past_key_values=cache,
+                            use_cache=True).logits.float().cpu()        # (k, width, vocab)
+        return [token_logprobs(torch.cat([last[None], logits[i, :len(s) - 1]]), s)
+                for i, s in enumerate(suffixes)]
 
     def token_ids(self, prompt_ids: list[int], max_tokens: int, temperature: float,
                   top_p: float, seed: int | None, stats: GenStats,

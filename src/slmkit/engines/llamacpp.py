@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import chat_format
-from .base import GenStats, track
+from .base import GenStats, token_logprobs, track
 from .chat_format import end_of_turn_ids
 from .llama_lib import llama_cpp
 
@@ -59,6 +59,24 @@ class LlamaCppEngine:
         self.llm.reset()
         self.llm.eval(ids)
         return torch.from_numpy(np.array(self.llm.scores[: len(ids)], dtype=np.float32))
+
+    def score_suffixes(self, prefix: list[int], suffixes: list[list[int]]) -> list[torch.Tensor]:
+        """Log-probability of each suffix token after ``prefix`` (and the suffix before it).
+
+        The prefix is evaluated once; each suffix continues from its KV cache (the
+        cache past the prefix is dropped before the next one). Needs ``logits_all=True``.
+        """
+        p = len(prefix)
+        self.llm.reset()
+        self.llm.eval(prefix)
+        last = torch.from_numpy(np.array(self.llm.scores[p - 1], dtype=np.float32))
+        out = []
+        for s in suffixes:
+            self.llm.n_tokens = p
+            self.llm.eval(s)
+            rows = torch.from_numpy(np.array(self.llm.scores[p: p + len(s) - 1], dtype=np.float32))
+            out.append(token_logprobs(torch.cat([last[None], rows]), s))
+        return out
 
     def token_ids(self, prompt_ids: list[int], max_tokens: int, temperature: float,
                   top_p: float, seed: int | None, stats: GenStats,

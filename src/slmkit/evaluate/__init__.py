@@ -24,9 +24,11 @@ from ..paths import peak_rss
 from .choice import accuracy, read_task
 from .perplexity import perplexity
 from .speed import measure_speed
+from .tasks import TASKS, resolve_tasks, run_tasks, score_task
 
-__all__ = ["EvalConfig", "EvalText", "accuracy", "engine_tokens", "eval_text", "evaluate_one",
-           "measure_speed", "perplexity", "read_task", "run_eval", "text_perplexity"]
+__all__ = ["EvalConfig", "EvalText", "TASKS", "accuracy", "check_models", "engine_tokens",
+           "eval_text", "evaluate_one", "measure_speed", "perplexity", "read_task",
+           "resolve_tasks", "run_eval", "run_tasks", "text_perplexity"]
 
 
 class EvalConfig(BaseModel):
@@ -42,7 +44,12 @@ class EvalConfig(BaseModel):
     general_data: str | None = Field(None, description="second text for perplexity, e.g. wordnet-glosses")
     general_split: Literal["auto", "val", "train", "all"] = Field(
         "auto", description="which split of general_data to score (auto as for split)")
-    task: str | None = Field(None, description="multiple-choice JSONL {question, choices, answer}")
+    task: str | None = Field(None, description="benchmarks (arc_easy, piqa, mmlu, ...) and/or "
+                             "multiple-choice JSONL files {question, choices, answer}, comma-separated")
+    num_fewshot: int = Field(0, ge=0, description="solved examples before each benchmark question")
+    task_limit: int | None = Field(None, gt=0, description="score a fixed random subset of this "
+                                   "many questions per task")
+    task_seed: int = Field(1234, description="seeds the few-shot draws and the --limit subset")
     engine: Literal["auto", "pytorch", "llama.cpp"] = "auto"
     max_length: int = Field(512, gt=1)
     stride: int = Field(256, gt=0)
@@ -55,7 +62,14 @@ class EvalConfig(BaseModel):
         None, description="model whose tokenizer picks the text and counts its tokens: "
         "perplexity is then per reference token, comparable across vocabularies")
 
-    @field_validator("data", "general_data", "task")
+    @field_validator("task")
+    @classmethod
+    def _tasks(cls, v):
+        if v is not None:
+            resolve_tasks(v)                 # unknown names and malformed files fail here
+        return v
+
+    @field_validator("data", "general_data")
     @classmethod
     def _exists(cls, v):
         from ..data import data_exists
@@ -185,7 +199,8 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
     cfg = resolved(cfg, [spec])
     rss0 = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
-    n_ctx = max(cfg.max_length, cfg.prompt_tokens + cfg.gen_tokens + 8)
+    n_ctx = max(cfg.max_length, cfg.prompt_tokens + cfg.gen_tokens + 8,
+                2048 if cfg.task else 0)             # few-shot prompts
     engine = open_engine(spec, cfg.engine, n_ctx=n_ctx, logits_all=True, device=cfg.device)
     row = {"model": str(spec), "engine": engine.name, "load_s": time.perf_counter() - t0}
     row["params"], row["bytes"] = _model_size(engine, spec)
@@ -220,7 +235,13 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
         r = perplexity(engine, gen_ids, cfg.max_length, cfg.stride, progress)
         row.update(ppl_general=r["ppl"], ppl_general_tokens=r["tokens"])
     if cfg.task:
-        row.update({f"mc_{k}": v for k, v in accuracy(engine, read_task(cfg.task), progress).items()})
+        row["tasks"] = {}
+        for task in resolve_tasks(cfg.task):
+            r = score_task(engine, task, limit=cfg.task_limit, num_fewshot=cfg.num_fewshot,
+                           seed=cfg.task_seed, progress=progress)
+            row["tasks"][task.name] = r
+            if task.name not in TASKS and "mc_acc" not in row:      # a JSONL file
+                row.update(mc_acc=r["acc"], mc_acc_norm=r["acc_norm"])
     return row
 
 
@@ -300,6 +321,9 @@ def run_eval(models: list, cfg: EvalConfig, progress: bool = True) -> dict:
     """
     if not models:
         raise SlmError("no model given", "name at least one model")
+    check_models(models, cfg.engine)
+    if cfg.task:
+        resolve_tasks(cfg.task)
     cfg = resolved(cfg, models)
     rows = []
     say = _announcer(progress)
@@ -314,6 +338,32 @@ def run_eval(models: list, cfg: EvalConfig, progress: bool = True) -> dict:
         ppl = f"ppl {row['ppl']:.2f}" if row.get("ppl") is not None else "done"
         say(f"  {ppl}{speed} ({time.perf_counter() - t0:.0f} s)")
     return {"models": rows, "config": cfg.model_dump()}
+
+
+def check_models(models: list, engine: str = "auto") -> None:
+    """Raise SlmError for the first model spec that cannot be loaded, before any work."""
+    from ..models.catalog import CATALOG
+    from ..models.io import builtin_gguf, check_gguf, check_hf_dir, hub_cached
+    for spec in models:
+        s = str(spec)
+        path = Path(s).expanduser()
+        if s in CATALOG:
+            builtin_gguf(s)                                   # weights on this machine
+        elif path.suffix == ".gguf" or path.is_file():
+            check_gguf(path)
+        elif path.is_dir():
+            check_hf_dir(path)
+        elif s.count("/") == 1 and not s.startswith((".", "/", "~")):
+            if not hub_cached(s):
+                raise SlmError(f"model '{s}' is not in the local Hugging Face cache and slmkit "
+                               "works offline", "pass a local directory or a built-in name")
+        else:
+            raise SlmError(f"model '{s}' not found: no such file or directory, and not a "
+                           "built-in name", f"use a path or one of: {', '.join(CATALOG)}")
+        if engine == "llama.cpp" and s not in CATALOG and path.suffix != ".gguf":
+            raise SlmError(f"the llama.cpp engine needs a .gguf file, not '{s}'",
+                           "export it first (`slm export MODEL --format gguf`) or use "
+                           "--engine pytorch")
 
 
 def _announcer(enabled: bool):

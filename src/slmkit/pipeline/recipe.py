@@ -445,7 +445,14 @@ def check_paths(recipe: Recipe, loc: Located) -> None:
                             f"use a file, a directory or a built-in corpus: {', '.join(CORPORA)}")
     for i, step in enumerate(recipe.steps):
         for k, v in step.options.items():
-            if k in ("data", "calib", "calib_data", "task", "general_data") and isinstance(v, str) \
+            if k == "task" and isinstance(v, str):
+                from ..evaluate.tasks import TASKS
+                missing = [t for t in v.split(",") if t.strip() not in TASKS
+                           and not Path(t.strip()).expanduser().exists()]
+                if missing:
+                    raise loc.error(("steps", i, k), f"task '{missing[0]}' not found",
+                                    f"use a JSONL file or one of: {', '.join(TASKS)}")
+            elif k in ("data", "calib", "calib_data", "general_data") and isinstance(v, str) \
                     and not data_exists(v):
                 raise loc.error(("steps", i, k), f"'{v}' not found",
                                 "fix the path (relative to where you run `slm build`)")
