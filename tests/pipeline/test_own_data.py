@@ -83,7 +83,7 @@ def test_check_resolves_the_default_recipe_on_own_files(tmp_path, docs):
     data = sizing["data"][f"{docs}#body"]
     assert data["tokens"]["val"] > 0 and data["records"]["train"] > 10
     options = {(o["step"], o["option"]): o["value"] for o in sizing["options"]}
-    assert options[("finetune", "max_tokens")] == int(0.67 * data["tokens"]["train"])
+    assert options[("finetune", "max_tokens")] == int(0.75 * data["tokens"]["train"])
     assert ("prune", "target") in options and ("vocab", "vocab_size") in options
 
 

@@ -1,11 +1,13 @@
 """Recipe figures resolved from the base model and the data, and data refused as too small."""
 import textwrap
+from collections import Counter
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from slmkit.data import split, read_records, tokenize_records
+from slmkit.compress.prune.vocab import select_tokens, tokenizer_json
+from slmkit.data import read_records, split, tokenize_records
 from slmkit.errors import SlmError
 from slmkit.models.catalog import CATALOG, hf_config
 from slmkit.pipeline.adapt import resolve
@@ -79,7 +81,12 @@ def test_resolved_figures_follow_the_rules(tmp_path, docs):
     assert ft["max_val_blocks"] == min(3, n_val // seq)
     assert ev["max_eval_tokens"] == n_val and width["nsamples"] == 4
     shape = base_shape(model)
-    assert 0 < vocab["vocab_size"] < shape.vocab and vocab["vocab_size"] % 64 == 0
+    counts = sorted(Counter(t for d in tokenize_records(train, tok) for t in d).values(),
+                    reverse=True)
+    k = next(i for i in range(len(counts) + 1) if sum(counts[:i]) >= 0.9 * sum(counts))
+    base = len(select_tokens(tokenizer_json(tok), Counter(), None))
+    assert base > 0
+    assert vocab["vocab_size"] == min(-(-int(base + 1.5 * k) // 64) * 64, shape.vocab - 1)
     assert width["target"] == shape.after_vocab(vocab["vocab_size"]) - int(0.5 * shape.decoder)
     listed = {(o["step"], o["option"]): o["value"] for o in sizing.options}
     assert listed[("finetune", "seq_len")] == seq and len(listed) == 7

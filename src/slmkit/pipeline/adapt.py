@@ -59,7 +59,7 @@ def resolve(recipe: Recipe, tokenizer, model) -> tuple[Recipe, Sizing]:
                 n = resolve_seq(r, st, opts.get("batch_size", 4) if step.step != "prune"
                                 else 1, where)
             elif kind == VOCAB:
-                n, more = resolve_vocab(r, st, shape)
+                n, more = resolve_vocab(r, st, shape, tokenizer)
                 info.update(more)
             elif kind == DECODER:
                 n, more = resolve_target(r, shape, vocab)

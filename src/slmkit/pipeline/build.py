@@ -345,8 +345,8 @@ def _why(o: dict) -> str:
         return (f"keep {r['decoder']:.0%} of {o['decoder_params']:,} decoder parameters "
                 f"(of {o['params_in']:,} in)")
     if "coverage" in o:
-        return (f"{o['domain_tokens_covering']:,} tokens cover {r['coverage']:.1%} of the "
-                f"domain text, + {r['general']:g}x general")
+        return (f"{o['base_tokens']:,} base + {o['domain_tokens_covering']:,} covering "
+                f"{r['coverage']:.1%} of the domain text + {r['general']:g}x as many general")
     if "of" in o:
         cap = f", at most {r['max']:,}" if r.get("max") is not None else ""
         floor = f", at least {r['min']:,}" if r.get("min") else ""

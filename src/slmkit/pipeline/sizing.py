@@ -13,9 +13,10 @@ are written relative to them. In a recipe step, an option whose value is
 - sequence lengths (``seq_len``, ``prune.seqlen``): ``{min: A, max: B}``: the
   largest power of two in [A, B] at which the training split fills 4 batches and the
   validation split 2 sequences;
-- ``prune.vocab_size``: ``{coverage: C, general: G}``: the domain tokens that cover
-  the share C of the domain text (by the base tokenizer), plus G times as many of the
-  most general tokens, rounded up to a multiple of 64;
+- ``prune.vocab_size``: ``{coverage: C, general: G}``: the tokens every text needs
+  (the alphabet or byte tokens, and the special ones), the domain tokens that cover the
+  share C of the domain text (by the base tokenizer), and G times as many of the most
+  general tokens, rounded up to a multiple of 64;
 - ``prune.target`` (depth, width): ``{decoder: F}``: keep the share F of the
   decoder layers' parameters; the embedding and output head are not counted, so the
   same recipe cuts the same share of a model whose embedding is most of it.
@@ -225,7 +226,17 @@ def clamp_share(r: dict, total: int) -> int:
     return min(n, int(r["max"])) if r.get("max") is not None else n
 
 
-def resolve_vocab(r: dict, stats: DataStats, shape: BaseShape) -> tuple[int, dict]:
+def base_vocab(tokenizer) -> int:
+    """Tokens a trimmed vocabulary keeps whatever the domain: the alphabet (bytes) and the
+    special tokens, as vocabulary trimming counts them."""
+    from ..compress.prune.vocab import select_tokens, tokenizer_json
+    try:
+        return len(select_tokens(tokenizer_json(tokenizer), Counter(), None))
+    except (SlmError, KeyError, TypeError):     # a tokenizer vocabulary trimming cannot read
+        return 256 + len(tokenizer.all_special_ids)
+
+
+def resolve_vocab(r: dict, stats: DataStats, shape: BaseShape, tokenizer) -> tuple[int, dict]:
     """Vocabulary size from the domain's token coverage (see the module docstring)."""
     total = sum(stats.counts.values())
     if not total:
@@ -237,9 +248,10 @@ def resolve_vocab(r: dict, stats: DataStats, shape: BaseShape) -> tuple[int, dic
             break
         covered += n
         k += 1
-    size = min(-(-int(k * (1 + r["general"])) // 64) * 64, shape.vocab - 1)
-    return size, {"domain_tokens_used": len(stats.counts), "domain_tokens_covering":
-                  k, "coverage": r["coverage"], "general": r["general"]}
+    base = base_vocab(tokenizer)
+    size = min(-(-int(base + k * (1 + r["general"])) // 64) * 64, shape.vocab - 1)
+    return size, {"domain_tokens_used": len(stats.counts), "domain_tokens_covering": k,
+                  "base_tokens": base, "coverage": r["coverage"], "general": r["general"]}
 
 
 def resolve_target(r: dict, shape: BaseShape, vocab: int) -> tuple[int, dict]:
