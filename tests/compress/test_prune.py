@@ -189,6 +189,8 @@ def test_width_slices_exactly_what_it_ranks(calib):
     dict(method="sparsegpt"), dict(method="wanda", pattern="4:2"),
     dict(method="wanda", sparsity=0.3, pattern="2:4"), dict(method="depth"),
     dict(method="depth", target=0.5, sparsity=0.5), dict(method="magnitude", target=0.5),
+    dict(method="width", target=1.0), dict(method="width", target=2.0),
+    dict(method="width", target="2.0"), dict(method="depth", target=float("nan")),
     dict(method="wanda", sparsity=0.5, nsamplez=3),
 ])
 def test_bad_config_names_field(kwargs):
@@ -199,7 +201,7 @@ def test_bad_config_names_field(kwargs):
 @pytest.mark.parametrize("cfg, needle", [
     (dict(method="wanda", pattern="2:5"), "does not divide"),
     (dict(method="depth", target="5B"), "not smaller than the model"),
-    (dict(method="width", target=1.0), "not smaller than the model"),
+    (dict(method="width", target=2), "below what width pruning can reach"),
     (dict(method="depth", target=0.05), "leaves no decoder layer"),
     (dict(method="wanda", sparsity=0.5, calib="SHORT"), "fewer than one block"),
 ])

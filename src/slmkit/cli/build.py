@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from ..outputs import check_not_input
 from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
@@ -142,6 +143,8 @@ def build_cmd(
         if json_out:
             print_json(sizing)
         return
+    check_not_input(build.out, {"base": r.base, "data": r.data, "general_data": r.general_data,
+                                "recipe": r.source}, "--out")
     report = build.run()
     if json_out:
         print_json(report)

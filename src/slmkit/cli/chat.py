@@ -5,6 +5,7 @@ import sys
 
 import typer
 
+from ..models.preflight import check_model
 from .app import DeviceOpt, app, console
 from .sampling import Ctx, EngineOpt, MaxTokens, Optional, Seed, Temperature, TopP
 
@@ -24,6 +25,7 @@ def chat_cmd(
     Example: slm chat smollm2-135m --temperature 0.3
     """
     from ..engines import open_engine, stream_text
+    check_model(model, engine=None if engine == "auto" else engine)
     eng = open_engine(model, engine, n_ctx=ctx, device=device)
     interactive = sys.stdin.isatty()
     if interactive:

@@ -7,6 +7,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..data.preflight import check_data
+from ..models.preflight import check_model
+from ..outputs import check_output
 from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
@@ -102,9 +105,19 @@ def distill_cmd(
         teacher_cache=teacher_cache, cross_tokenizer=cross_tokenizer,
         grad_checkpointing=grad_checkpointing, compile=compile_, bf16=not no_bf16, val_tokens=val_tokens,
         eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, resume=resume, fsdp=fsdp,
-        device=device)
+        device=device, flags={"warmup_steps": "--warmup", "bf16": "--no-bf16", "compile": "--compile"})
+    check_output(out, kind="dir", force=force, make_parents=True,
+                 inputs={"--teacher": teacher, "--student": student, "--data": data})
+    check_model(teacher, option="--teacher")
+    if student:
+        check_model(student, option="--student")
+    overrides = _overrides(set_)
+    if student_config:
+        from ..compress.distill import student_config as check_student_config
+        check_student_config(student_config, overrides)
+    check_data(cfg.data, "--data")
     model = student if student else init_student(teacher, student_config, seed=seed,
-                                                 **_overrides(set_))
+                                                 **overrides)
     report = run_distill(model, out, cfg, overwrite=force, progress=not json_out)
     from ..tune.loop import is_main
     if not is_main():                      # under torchrun only rank 0 prints

@@ -6,6 +6,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from ..data.preflight import check_data
+from ..models.preflight import check_model
 from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
@@ -73,10 +75,10 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="Score a fixed random subset of this many questions per task (default: all)."),
     seed: int = typer.Option(1234, "--seed", help="Seed of the few-shot draws and the --limit subset (1234 as lm-eval)."),
     engine: str = typer.Option("auto", help="auto (llama.cpp for .gguf, else pytorch), pytorch or llama.cpp."),
-    max_length: int = typer.Option(512, help="Perplexity window length in tokens."),
-    stride: int = typer.Option(256, help="Perplexity window stride in tokens."),
-    max_eval_tokens: int = typer.Option(8192, help="Score at most this many tokens (0 = all)."),
-    gen_tokens: int = typer.Option(64, help="Tokens to generate when timing decode."),
+    max_length: int = typer.Option(512, min=2, help="Perplexity window length in tokens."),
+    stride: int = typer.Option(256, min=1, help="Perplexity window stride in tokens."),
+    max_eval_tokens: int = typer.Option(8192, min=0, help="Score at most this many tokens (0 = all)."),
+    gen_tokens: int = typer.Option(64, min=2, help="Tokens to generate when timing decode."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Model whose tokenizer picks the text and counts its tokens; perplexity is then per reference token, so models with different vocabularies (e.g. after `slm prune --method vocab`) compare."),
     no_speed: bool = typer.Option(False, "--no-speed", help="Skip the speed measurement."),
     no_isolate: bool = typer.Option(False, "--no-isolate", help="Measure all models in this process (peak memory then accumulates)."),
@@ -112,7 +114,16 @@ def eval_cmd(
                               task=task, num_fewshot=num_fewshot, task_limit=limit,
                               task_seed=seed, engine=engine, max_length=max_length, stride=stride,
                               max_eval_tokens=max_eval_tokens or None, gen_tokens=gen_tokens,
-                              speed=not no_speed, isolate=not no_isolate, reference=reference, device=device)
+                              speed=not no_speed, isolate=not no_isolate, reference=reference,
+                              device=device,
+                              flags={"speed": "--no-speed", "isolate": "--no-isolate"})
+    for spec in models:                    # every model, before the first one is scored
+        check_model(spec, option="MODELS", engine=None if engine == "auto" else engine)
+    if reference is not None:
+        check_model(reference, option="--reference")
+    for opt, spec in (("--data", cfg.data), ("--general-data", cfg.general_data)):
+        if spec is not None:
+            check_data(spec, opt)
     result = run_eval(models, cfg, progress=not json_out)
     if json_out:
         print_json(result)

@@ -6,6 +6,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..data.preflight import check_data
+from ..models.preflight import check_model
+from ..outputs import check_output
 from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
@@ -59,7 +62,12 @@ def finetune_cmd(
         targets=tlist, quant_format=quant_format, lr=lr, epochs=epochs, max_tokens=max_tokens,
         seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, val_fraction=val_fraction,
         eval_every=eval_every, patience=patience, merge=merge, seed=seed, resume=resume,
-        compile=compile_, fsdp=fsdp, bf16_base=not fp32_hidden, device=device)
+        compile=compile_, fsdp=fsdp, bf16_base=not fp32_hidden, device=device,
+        flags={"bf16_base": "--fp32-hidden"})
+    check_output(out, kind="dir", force=force, make_parents=True,
+                 inputs={"MODEL": model, "--data": data})
+    check_model(model)
+    check_data(cfg.data, "--data")
     report = run_finetune(model, out, cfg, progress=not json_out, overwrite=force)
     from ..tune.loop import is_main
     if not is_main():                      # under torchrun only rank 0 prints

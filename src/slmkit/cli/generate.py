@@ -5,6 +5,8 @@ import sys
 
 import typer
 
+from ..errors import SlmError
+from ..models.preflight import check_model
 from .app import DeviceOpt, app, print_json
 from .sampling import Ctx, EngineOpt, List, MaxTokens, Optional, Seed, Stop, Temperature, TopP
 
@@ -26,6 +28,10 @@ def generate_cmd(
     """
     from ..engines import GenStats, open_engine, stream_text
     text = sys.stdin.read() if prompt == "-" else prompt
+    if not text.strip():
+        raise SlmError("PROMPT is empty" + (" (nothing on standard input)" if prompt == "-"
+                                            else ""), "give some text to continue")
+    check_model(model, engine=None if engine == "auto" else engine)
     eng = open_engine(model, engine, n_ctx=ctx, device=device)
     if chat:
         text = eng.chat_prompt([{"role": "user", "content": text}])

@@ -5,6 +5,7 @@ from typing import Optional
 
 import typer
 
+from ..models.preflight import check_model
 from .app import DeviceOpt, app, console
 
 
@@ -33,20 +34,16 @@ def serve_cmd(
 
     Example: slm serve runs/mine/05-export/model.gguf --port 8000
     """
-    from pydantic import ValidationError
-
-    from ..errors import SlmError
+    from ..pipeline_util import config_from_options
     from ..serve import ServeConfig, check_bind, serve
-    try:
-        cfg = ServeConfig(model=model, host=host, port=port, api_key=api_key, engine=engine,
-                          max_concurrency=max_concurrency, max_queue=max_queue, ctx=ctx,
-                          max_tokens=max_tokens, name=name, n_threads=threads,
-                          shutdown_timeout_s=shutdown_timeout, device=device)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise SlmError(f"--{field.replace('_', '-')}: {err['msg']}", "see `slm serve --help`") from None
+    cfg = config_from_options(ServeConfig, flags={"shutdown_timeout_s": "--shutdown-timeout",
+                                                  "n_threads": "--threads"},
+                              model=model, host=host, port=port, api_key=api_key, engine=engine,
+                              max_concurrency=max_concurrency, max_queue=max_queue, ctx=ctx,
+                              max_tokens=max_tokens, name=name, n_threads=threads,
+                              shutdown_timeout_s=shutdown_timeout, device=device)
     check_bind(cfg.host, cfg.api_key)          # before the slow model load
+    check_model(model, engine=None if engine == "auto" else engine)
     console.print(f"loading [bold]{model}[/] ({cfg.max_concurrency} slot(s), context {cfg.ctx})...")
 
     def ready(url: str) -> None:

@@ -266,17 +266,42 @@ def table_jsonl(path: Path, text_field: str | None) -> list[dict]:
 def iter_jsonl(path: Path, text: str | None = None):
     """``(line number, object)`` for each non-blank line of a JSONL file.
 
+    The file is read a line at a time; a line longer than ``MAX_LINE_CHARS`` is refused
+    without reading the rest of it.
+
     Raises:
-        SlmError: naming the file and line that is not valid JSON.
+        SlmError: naming the file and line that is not valid JSON, not UTF-8, or too long.
     """
-    text = read_text(path) if text is None else text
-    for n, line in enumerate(text.splitlines(), 1):
+    lines = _lines(path) if text is None else enumerate(text.splitlines(), 1)
+    for n, line in lines:
         if not line.strip():
             continue
         try:
             yield n, json.loads(line)
         except json.JSONDecodeError as exc:
             raise SlmError(f"{path}:{n}: not valid JSON ({exc.msg})", "fix that line") from exc
+        except RecursionError:
+            raise SlmError(f"{path}:{n}: JSON nested too deeply", "fix that line") from None
+
+
+MAX_LINE_CHARS = 64 << 20          # one JSONL record; a longer line is refused
+
+
+def _lines(path: Path):
+    """Numbered lines of a strict UTF-8 file (BOM dropped), each at most
+    ``MAX_LINE_CHARS`` long."""
+    n = 0
+    try:
+        with open(path, encoding="utf-8-sig", newline=None) as f:
+            while line := f.readline(MAX_LINE_CHARS + 1):
+                n += 1
+                if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
+                    raise SlmError(f"{path}:{n}: line is longer than {MAX_LINE_CHARS:,} "
+                                   "characters", "split that record or check the file")
+                yield n, line
+    except UnicodeDecodeError as exc:
+        raise SlmError(f"{path}:{n + 1}: not UTF-8 text ({exc.reason})",
+                       f"convert it, e.g. `iconv -f cp949 -t utf-8 {path.name}`") from None
 
 
 def nfc_record(rec: dict) -> dict:

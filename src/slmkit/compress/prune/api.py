@@ -13,10 +13,12 @@ from typing import Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from ... import units
 from ...device import Device, model_device
 from ...errors import SlmError
 from ...models.arch import decoder_layers, linear_layers
 from ...models.io import SLM, count_params, dir_bytes, load, replace_dir, save
+from ...pipeline_util import OptionError, spell
 from . import depth, magnitude, sparsegpt, vocab, wanda, width
 from .calib import calib_blocks, check_calib
 from .layerwise import layer_sparsity, prune_each, prune_layerwise
@@ -59,7 +61,7 @@ class PruneConfig(BaseModel):
         overwrite: replace an existing output directory.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     method: Literal["magnitude", "wanda", "sparsegpt", "depth", "width", "vocab"] = "sparsegpt"
@@ -81,11 +83,20 @@ class PruneConfig(BaseModel):
     eval_tokens: int = 8192
     overwrite: bool = False
 
-    @field_validator("sparsity")
+    @field_validator("sparsity", mode="before")
     @classmethod
     def _sparsity(cls, v):
-        if v is not None and not 0 < v < 1:
-            raise ValueError(f"sparsity {v} must be between 0 and 1 (exclusive), e.g. 0.5")
+        return None if v is None else units.fraction(v)
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, v):
+        return None if v is None else units.fraction_or_count(v)
+
+    @field_validator("damp", "eval_tokens")
+    @classmethod
+    def _not_negative(cls, v):
+        units.non_negative(v)
         return v
 
     @field_validator("pattern")
@@ -106,27 +117,34 @@ class PruneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _method_options(self):
-        if self.method in UNSTRUCTURED:
+        m = self.method
+        if m in UNSTRUCTURED:
             if self.target is not None:
-                raise ValueError(f"target is for depth/width; {self.method} takes sparsity")
+                raise OptionError("target", f"{{target}} is for depth/width; {m} takes "
+                                  "{sparsity} or {pattern}")
             nm = parse_pattern(self.pattern)
             if nm is None and self.sparsity is None:
-                raise ValueError(f"{self.method} needs sparsity (e.g. 0.5) or pattern (e.g. 2:4)")
+                raise OptionError("sparsity", f"{m} needs {{sparsity}} (e.g. 0.5) or {{pattern}} "
+                                  "(e.g. 2:4)")
             if nm and self.sparsity is not None and abs(self.sparsity - (1 - nm[0] / nm[1])) > 1e-9:
-                raise ValueError(f"sparsity {self.sparsity} contradicts pattern {self.pattern} "
-                                 f"(which means {1 - nm[0] / nm[1]:g}); give only one")
-        elif self.method == VOCAB:
-            if self.target is not None or self.sparsity is not None or self.pattern:
-                raise ValueError("vocab takes vocab_size (tokens to keep), not "
-                                 "target/sparsity/pattern")
+                raise OptionError("sparsity", f"{{sparsity}} {self.sparsity} contradicts "
+                                  f"{{pattern}} {self.pattern} (which means "
+                                  f"{1 - nm[0] / nm[1]:g}); give only one")
+        elif m == VOCAB:
+            for name in ("target", "sparsity", "pattern"):
+                if getattr(self, name) is not None:
+                    raise OptionError(name, "vocab takes {vocab_size} (tokens to keep), not "
+                                      f"{{{name}}}")
             if self.vocab_size is not None and self.vocab_size < 2:
-                raise ValueError(f"vocab_size must be at least 2, got {self.vocab_size}")
+                raise OptionError("vocab_size", f"{{vocab_size}} must be at least 2, got "
+                                  f"{self.vocab_size}")
         else:
             if self.target is None:
-                raise ValueError(f"{self.method} needs target: a fraction of parameters to keep "
-                                 "(e.g. 0.7) or a count (e.g. 90M)")
-            if self.sparsity is not None or self.pattern:
-                raise ValueError(f"{self.method} takes target, not sparsity/pattern")
+                raise OptionError("target", f"{m} needs {{target}}: a fraction of parameters to "
+                                  "keep (e.g. 0.7) or a count (e.g. 90M)")
+            for name in ("sparsity", "pattern"):
+                if getattr(self, name) is not None:
+                    raise OptionError(name, f"{m} takes {{target}}, not {{{name}}}")
         return self
 
     @property
@@ -140,21 +158,13 @@ class PruneConfig(BaseModel):
 
 def parse_target(target, params: int) -> int:
     """Parameter budget from a fraction (0, 1) or a count (int, "70M", "1.2B", "5e7")."""
-    value = target
-    if isinstance(target, str):
-        s = target.strip().upper()
-        mult = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9}.get(s[-1:], 1)
-        try:
-            value = float(s[:-1] if mult != 1 else s) * mult
-        except ValueError:
-            raise SlmError(f"target '{target}' is not a fraction or a parameter count",
-                           "write e.g. 0.7 or 90M") from None
-    value = float(value)
-    if value <= 0:
-        raise SlmError(f"target {target} must be positive", "write e.g. 0.7 or 90M")
-    n = int(value * params) if value <= 1 else int(value)     # 1.0 means the whole model
+    try:
+        value = units.fraction_or_count(target)
+    except ValueError as exc:
+        raise SlmError(f"{spell('target')}: {exc}", "write e.g. 0.7 or 90M") from None
+    n = int(value * params) if isinstance(value, float) else value
     if n >= params:
-        raise SlmError(f"target {target} ({n:,} parameters) is not smaller than the model "
+        raise SlmError(f"{spell('target')} {target} ({n:,} parameters) is not smaller than the model "
                        f"({params:,})", "give a fraction below 1 or a smaller count")
     return n
 
@@ -169,6 +179,27 @@ def check_pattern_fits(model, nm) -> None:
                 raise SlmError(f"N:M pattern {nm[0]}:{nm[1]} does not divide layer {i} {name} "
                                f"({m.in_features} inputs)", f"use an M that divides "
                                f"{m.in_features}")
+
+
+def check_feasible(slm: SLM, cfg: PruneConfig) -> None:
+    """Raise SlmError if the target or vocabulary size cannot be reached on this model (no
+    calibration needed: it depends on shapes and the tokenizer only)."""
+    model = slm.model
+    if cfg.method in STRUCTURED:
+        target = parse_target(cfg.target, count_params(model))
+        if cfg.method == "depth":
+            depth.layers_for_target(model, target)
+        else:
+            width.plan_sizes(model, target, width.heads_prunable(model))
+    elif cfg.method == VOCAB and cfg.vocab_size is not None:
+        n_vocab, name = model.config.vocab_size, spell("vocab_size")
+        if cfg.vocab_size >= n_vocab:
+            raise SlmError(f"{name} {cfg.vocab_size} is not smaller than the model's "
+                           f"vocabulary ({n_vocab})", f"give a smaller {name}")
+        least = len(vocab.base_tokens(vocab.tokenizer_json(slm.tokenizer)))
+        if cfg.vocab_size < least:
+            raise SlmError(f"{name} {cfg.vocab_size} is below the {least} base and special "
+                           "tokens every text needs", f"give at least {least}")
 
 
 def _open(model, device: str) -> SLM:
@@ -241,8 +272,7 @@ def run_prune(model, out: str | os.PathLike, cfg: PruneConfig,
     torch_model = slm.model.eval()
     check_pattern_fits(torch_model, cfg.nm)
     params_before = count_params(torch_model)
-    if cfg.method in STRUCTURED:
-        parse_target(cfg.target, params_before)            # fail before any slow work
+    check_feasible(slm, cfg)                               # fail before any slow work
     if cfg.method == VOCAB:
         return _run_vocab(slm, out, cfg, t_start)
     ids = None

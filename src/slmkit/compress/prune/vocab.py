@@ -93,6 +93,30 @@ def token_counts(tok, texts) -> Counter:
     return counts
 
 
+def _parents(tj: dict) -> dict[int, list[int]]:
+    """Merged token id -> the ids it is merged from."""
+    vocab: dict[str, int] = tj["model"]["vocab"]
+    parents: dict[int, list[int]] = {}
+    for a, b in _merge_pairs(tj):
+        if a in vocab and b in vocab and a + b in vocab:
+            parents.setdefault(vocab[a + b], []).extend((vocab[a], vocab[b]))
+    return parents
+
+
+def base_tokens(tj: dict) -> set[int]:
+    """Tokens every trimmed vocabulary keeps (the alphabet, the special tokens) with the
+    tokens they are merged from: the least ``vocab_size`` can be."""
+    parents = _parents(tj)
+    keep: set[int] = set()
+    stack = list(_base_tokens(tj, parents))
+    while stack:
+        t = stack.pop()
+        if t not in keep:
+            keep.add(t)
+            stack.extend(parents.get(t, ()))
+    return keep
+
+
 def select_tokens(tj: dict, counts: Counter, vocab_size: int | None = None,
                   min_count: int = 1) -> list[int]:
     """Sorted ids of the tokens to keep (see the module docstring for the rule).
@@ -102,10 +126,7 @@ def select_tokens(tj: dict, counts: Counter, vocab_size: int | None = None,
     each together with the tokens it is merged from, while they fit.
     """
     vocab: dict[str, int] = tj["model"]["vocab"]
-    parents: dict[int, list[int]] = {}
-    for a, b in _merge_pairs(tj):
-        if a in vocab and b in vocab and a + b in vocab:
-            parents.setdefault(vocab[a + b], []).extend((vocab[a], vocab[b]))
+    parents = _parents(tj)
     byte_fallback = bool(tj["model"].get("byte_fallback"))
     keep: set[int] = set()
     budget = vocab_size if vocab_size is not None else float("inf")
