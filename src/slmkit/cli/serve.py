@@ -1,6 +1,7 @@
 """slm serve: an OpenAI-compatible server with a chat page."""
 from __future__ import annotations
 
+import signal
 from typing import Optional
 
 import typer
@@ -50,5 +51,6 @@ def serve_cmd(
         console.print(f"serving [bold]{cfg.model_id()}[/] at {url}  (chat page: {url}/, "
                       f"API: {url}/v1{', key required' if cfg.api_key else ''}); Ctrl-C stops")
 
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)     # the server drains on SIGTERM itself
     serve(cfg, on_ready=ready)
     console.print("stopped")
