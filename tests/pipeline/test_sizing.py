@@ -111,3 +111,18 @@ def test_bad_rules_name_the_field_and_line(tmp_path, value, msg):
     text = ADAPTIVE.format(data="python-docs").replace("{decoder: 0.5}", value)
     with pytest.raises(SlmError, match=rf"r\.yaml:17: steps\.2\.target: .*{msg}"):
         load_recipe(write(tmp_path, text))
+
+
+def test_one_paragraph_per_line_file_has_a_validation_split(tmp_path, docs):
+    """A single .txt with a paragraph on each line (no blank lines) used to be one record and
+    leave validation empty; the build now measures a held-out split of it before any step."""
+    text = " ".join(p.read_text() for p in sorted(docs.glob("*.md")))
+    lines = [s.strip() + "." for s in text.split(". ") if s.strip()]
+    (tmp_path / "notes.txt").write_text("\n".join(lines))
+    recipe = load_recipe(write(tmp_path, ADAPTIVE.replace("text_field: body\n", "").format(
+        data=tmp_path / "notes.txt")))
+    tok, model = open_base("tiny:llama")
+    _, sizing = resolve(recipe, tok, model)
+    data = sizing.data[str(tmp_path / "notes.txt")]
+    assert data["records"] == {"train": 1, "val": 1}
+    assert data["tokens"]["val"] > 0.05 * data["tokens"]["train"]

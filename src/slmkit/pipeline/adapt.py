@@ -66,7 +66,9 @@ def resolve(recipe: Recipe, tokenizer, model) -> tuple[Recipe, Sizing]:
                 info.update(more)
             else:
                 seq = new.get(SEQ_KEY.get(step.step, ""), opts.get(SEQ_KEY.get(step.step, "")))
-                total = st.tokens[which] // seq if kind == BLOCKS else st.tokens[which]
+                tokens = sum(st.tokens.values()) if opts.get("split") == "all" \
+                    else st.tokens[which]                    # an eval step scoring all of it
+                total = tokens // seq if kind == BLOCKS else tokens
                 n = clamp_share(r, total)
                 info.update(of=total, unit=f"sequences of {seq}" if kind == BLOCKS else "tokens")
                 if kind == BLOCKS and n < 1:
