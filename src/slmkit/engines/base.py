@@ -87,26 +87,54 @@ def stream_text(engine: Engine, prompt: str | list[int], *, max_tokens: int = 25
     if not ids:
         ids = engine.tokenize(" ")
     stats.prompt_tokens = len(ids)
-    out_ids: list[int] = []
-    emitted = ""
+    text = TextStream(engine.detokenize, stop)
     for tok in engine.token_ids(ids, max_tokens, temperature, top_p, seed, stats, ignore_eos):
-        out_ids.append(tok)
-        text = engine.detokenize(out_ids)
-        if text.endswith("\ufffd"):          # an incomplete UTF-8 sequence: wait
-            continue
-        cut = _find_stop(text, stop)
-        if cut is not None:
+        piece = text.push(tok)
+        if piece:
+            yield piece
+        if text.stopped:
             stats.finish_reason = "stop"
-            if cut > len(emitted):
-                yield text[len(emitted):cut]
             return
-        safe = len(text) - _partial_stop(text, stop)
-        if safe > len(emitted):
-            yield text[len(emitted):safe]
-            emitted = text[:safe]
-    text = engine.detokenize(out_ids)
-    if len(text) > len(emitted):
-        yield text[len(emitted):]
+    piece = text.flush()
+    if piece:
+        yield piece
+
+
+class TextStream:
+    """Turns generated tokens into text pieces one token at a time, honouring stop strings.
+
+    ``push(tok)`` returns the text that is safe to send now: an incomplete
+    UTF-8 sequence, or a tail that might start a stop string, is held back.
+    Once a stop string appears, ``stopped`` is set and the text before it is
+    the last piece. ``flush()`` returns whatever was held back at the end.
+    """
+
+    def __init__(self, detokenize, stop=()):
+        self.detokenize = detokenize
+        self.stop = [s for s in stop if s]
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.stopped = False
+
+    def push(self, tok: int) -> str:
+        self.ids.append(tok)
+        text = self.detokenize(self.ids)
+        if text.endswith("\ufffd"):          # an incomplete UTF-8 sequence: wait
+            return ""
+        cut = _find_stop(text, self.stop)
+        if cut is not None:
+            self.stopped = True
+            return self._advance(text[:cut])
+        return self._advance(text[:len(text) - _partial_stop(text, self.stop)])
+
+    def flush(self) -> str:
+        return "" if self.stopped else self._advance(self.detokenize(self.ids))
+
+    def _advance(self, upto: str) -> str:
+        if len(upto) <= len(self.emitted):
+            return ""
+        piece, self.emitted = upto[len(self.emitted):], upto
+        return piece
 
 
 def _find_stop(text: str, stop) -> int | None:
