@@ -95,3 +95,50 @@ def test_shared_prefix_is_read_once(engine):
     assert batch.reused_tokens == common
     text, stats = generate_text(engine, second, max_tokens=6, temperature=0.0)
     assert b.stats.token_ids == stats.token_ids and b.text == text
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    from slmkit.export import ExportConfig, run_export
+    from slmkit.models.tiny import tiny_slm
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    run_export(tiny_slm("llama", initializer_range=0.3), path,
+               ExportConfig(type="f32", parity_tokens=0))
+    return path
+
+
+def test_llamacpp_batch_matches_each_request_alone(tiny_gguf):
+    from slmkit.engines.llamacpp import LlamaCppEngine
+    from slmkit.engines.llamacpp_batch import LlamaCppBatch
+    engine = LlamaCppEngine(tiny_gguf, n_ctx=256, n_threads=1)
+    requests = [(engine.tokenize(p), n) for p, n in zip(PROMPTS, (24, 9, 30, 17, 5, 20))]
+    alone = [generate_text(engine, ids, max_tokens=n, temperature=0.0) for ids, n in requests]
+    batch = Recording(LlamaCppBatch(engine, n_slots=4, ctx=128, n_batch=16, n_threads=1))
+    jobs = run_jobs(batch, requests, step_tokens=8)
+    for job, (text, stats) in zip(jobs, alone):
+        assert job.stats.token_ids == stats.token_ids
+        assert job.text == text
+    assert max(sum(1 for _, n, _ in step if n == 1) for step in batch.steps) == 4
+    batch.close()
+
+
+@pytest.mark.real
+def test_real_model_batch_agrees_with_each_request_alone():
+    """SmolLM2-135M Q4_1: batched greedy tokens agree with one-at-a-time ones (>= 95% of 64)."""
+    from slmkit.engines.llamacpp import LlamaCppEngine
+    from slmkit.engines.llamacpp_batch import LlamaCppBatch
+    from slmkit.models.io import builtin_gguf
+    engine = LlamaCppEngine(builtin_gguf("smollm2-135m"), n_ctx=512)
+    prompts = PROMPTS + ["The capital of France is", "Three tips for writing clear code are"]
+    requests = [(engine.tokenize(p), 64) for p in prompts]
+    batch = LlamaCppBatch(engine, n_slots=8, ctx=256)
+    jobs = run_jobs(batch, requests)
+    agree = total = 0
+    for job, (ids, n) in zip(jobs, requests):
+        _, stats = generate_text(engine, ids, max_tokens=n, temperature=0.0)
+        ref, got = stats.token_ids, job.stats.token_ids
+        total += len(ref)
+        agree += next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), min(len(ref), len(got)))
+    assert total >= 8 * 32
+    assert agree / total >= 0.95, (agree, total)
+    batch.close()
