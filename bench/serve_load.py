@@ -14,7 +14,9 @@ same way), requests finished, 429s, errors (anything else that is not a clean
 stream), and the server's resident memory (VmHWM, its peak RSS).
 
 Every server gets the same file, threads and context per sequence (--ctx;
-llama-server's -c is the total of its --parallel slots). llama-cpp-python's
+llama-server's -c is the total of its --parallel slots), and the same
+llama.cpp load setting: where slmkit turns weight repacking off (CPUs with
+AMX, see ``slmkit.engines.llama_lib``) both peers get it off too. llama-cpp-python's
 server runs with --interrupt_requests False so that every stream it starts
 runs to the end, as ours do.
 
@@ -38,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from slmkit.engines.llama_lib import repack_enabled
 
 PROMPTS = ["The os module in Python provides functions for",      # open-ended, so that
            "A Python dictionary is a data structure that",         # most requests run to
@@ -72,7 +76,7 @@ def start_server(kind: str, gguf: Path, clients: int, args) -> tuple[subprocess.
         cmd = [str(args.llama_server), "-m", str(gguf), "--host", "127.0.0.1",
                "--port", str(port), "-c", str(args.ctx * parallel), "--parallel", str(parallel),
                "-t", str(args.threads), "-tb", str(args.threads), "--alias", "bench",
-               "--no-webui"]
+               "--no-webui"] + ([] if repack_enabled() else ["--no-repack"])
     elif kind.startswith("slmkit"):
         slots = int(kind.split(":")[1])
         cmd = [str(Path(py).parent / "slm"), "serve", str(gguf), "--port", str(port),
@@ -80,7 +84,10 @@ def start_server(kind: str, gguf: Path, clients: int, args) -> tuple[subprocess.
                "--max-concurrency", str(slots),
                "--max-queue", str(clients), "--max-tokens", str(args.max_tokens)]
     else:
-        cmd = [py, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+        # with slmkit's llama.cpp load settings for this machine (see engines.llama_lib)
+        cmd = [py, "-c", "import runpy, sys; from slmkit.engines.llama_lib import llama_cpp; "
+               "llama_cpp(); sys.argv[0] = 'llama_cpp.server'; "
+               "runpy.run_module('llama_cpp.server', run_name='__main__')", "--model", str(gguf), "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", str(args.ctx), "--n_threads", str(args.threads),
                "--n_threads_batch", str(args.threads), "--model_alias", "bench",
                "--interrupt_requests", "False"]

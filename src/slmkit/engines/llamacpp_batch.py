@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 
-import llama_cpp as C
-
 from .batching import Feed, PrefixSlots
+from .llama_lib import llama_cpp
 from .llamacpp import LlamaCppEngine
+
+C = llama_cpp()          # the machine's load settings applied before any model is opened
 
 
 class LlamaCppBatch(PrefixSlots):
