@@ -29,7 +29,9 @@ def eval_table(rows: list[dict], title: str = "slm eval") -> Table:
     cols = [("model", "model", str), ("engine", "engine", str),
             ("params", "params", _fmt_params), ("bytes", "size", _fmt_bytes),
             ("peak_rss", "peak RSS", _fmt_bytes), ("ppl", "ppl", "{:.3f}".format),
+            ("ppl_bpb", "bits/byte", "{:.4f}".format),
             ("ppl_general", "ppl general", "{:.3f}".format),
+            ("ppl_general_bpb", "general bits/byte", "{:.4f}".format),
             ("tokens_per_char", "tokens/char", "{:.3f}".format),
             ("prefill_tok_s", "prefill tok/s", "{:.1f}".format),
             ("decode_tok_s", "decode tok/s", "{:.1f}".format), ("ttft_s", "TTFT s", "{:.3f}".format),
@@ -77,6 +79,7 @@ def eval_cmd(
     engine: str = typer.Option("auto", help="auto (llama.cpp for .gguf, else pytorch), pytorch or llama.cpp."),
     max_length: int = typer.Option(512, min=2, help="Perplexity window length in tokens."),
     stride: int = typer.Option(256, min=1, help="Perplexity window stride in tokens."),
+    convention: str = typer.Option("hf", help="Perplexity as the Hugging Face guide computes it (hf: sliding window, every token but the first) or as llama.cpp's perplexity tool does (llama.cpp: chunks of --max-length, the second half of each scored; --stride unused)."),
     max_eval_tokens: int = typer.Option(8192, min=0, help="Score at most this many tokens (0 = all)."),
     gen_tokens: int = typer.Option(64, min=2, help="Tokens to generate when timing decode."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Model whose tokenizer picks the text and counts its tokens; perplexity is then per reference token, so models with different vocabularies (e.g. after `slm prune --method vocab`) compare."),
@@ -88,8 +91,10 @@ def eval_cmd(
 ):
     """Measure models side by side: size, memory, perplexity, speed, accuracy.
 
-    Perplexity uses a sliding window (HF perplexity guide); decode speed is greedy
-    generation of --gen-tokens after a 128-token prompt; peak RSS covers loading and
+    Perplexity uses a sliding window (HF perplexity guide, or llama.cpp's convention with
+    --convention llama.cpp), with bits per UTF-8 byte beside it (comparable across
+    tokenizers). Speed is measured cold: the 128-token prompt is prefilled in full every
+    run (TTFT), then --gen-tokens are decoded greedily. Peak RSS covers loading and
     generation. Each model runs in its own process.
 
     Example: slm eval smollm2-135m runs/demo/05-export/model.gguf --data python-docs --task my_quiz.jsonl
@@ -145,5 +150,9 @@ def scored_note(result: dict) -> str:
             what = "all of" if split == "all" else f"the {split} split of"
             count = "/".join(f"{t:,}" for t in tokens)
             parts.append(f"{key}: {what} {data}, {count} tokens scored")
+    conv = ("llama.cpp convention: second half of each " f"{cfg['max_length']}-token chunk"
+            if cfg.get("convention") == "llama.cpp" else
+            f"window {cfg['max_length']}, stride {cfg['stride']}")
+    parts.append(conv)
     cap = cfg.get("max_eval_tokens")
     return "; ".join(parts) + (f" (at most {cap:,} per text: --max-eval-tokens)" if cap else "")

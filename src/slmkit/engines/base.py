@@ -33,6 +33,7 @@ class Engine(Protocol):
     def logits(self, ids: list[int]) -> torch.Tensor: ...           # (T, vocab) float32
     def score_suffixes(self, prefix: list[int],
                        suffixes: list[list[int]]) -> list[torch.Tensor]: ...
+    def reset_cache(self) -> None: ...        # the next generation reuses no cached prompt
     def token_ids(self, prompt_ids: list[int], max_tokens: int, temperature: float,
                   top_p: float, seed: int | None, stats: GenStats,
                   ignore_eos: bool = False) -> Iterator[int]: ...

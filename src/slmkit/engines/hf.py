@@ -73,6 +73,9 @@ class HFEngine:
         return [token_logprobs(torch.cat([last[None], logits[i, :len(s) - 1]]), s)
                 for i, s in enumerate(suffixes)]
 
+    def reset_cache(self) -> None:
+        """Nothing to forget: every generation starts a fresh KV cache."""
+
     def token_ids(self, prompt_ids: list[int], max_tokens: int, temperature: float,
                   top_p: float, seed: int | None, stats: GenStats,
                   ignore_eos: bool = False) -> Iterator[int]:

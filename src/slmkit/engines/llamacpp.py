@@ -78,6 +78,23 @@ class LlamaCppEngine:
             out.append(token_logprobs(torch.cat([last[None], rows]), s))
         return out
 
+    def reset_cache(self) -> None:
+        """Forget the previous prompt, so the next generation prefills every prompt token
+        (llama-cpp-python otherwise reuses the KV cache of a shared prefix)."""
+        self.llm.reset()
+
+    def perf(self, reset: bool = False) -> dict:
+        """llama.cpp's own counters for this context (``llama_perf_context``): prompt
+        tokens and milliseconds, generated tokens and milliseconds; ``reset`` zeroes them
+        after reading."""
+        lib = llama_cpp()
+        d = lib.llama_perf_context(self.llm._ctx.ctx)
+        out = {"prompt_tokens": d.n_p_eval, "prompt_ms": d.t_p_eval_ms,
+               "eval_tokens": d.n_eval, "eval_ms": d.t_eval_ms}
+        if reset:
+            lib.llama_perf_context_reset(self.llm._ctx.ctx)
+        return out
+
     def token_ids(self, prompt_ids: list[int], max_tokens: int, temperature: float,
                   top_p: float, seed: int | None, stats: GenStats,
                   ignore_eos: bool = False) -> Iterator[int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..device import Device
 from ..errors import SlmError
@@ -51,8 +51,12 @@ class EvalConfig(BaseModel):
                                    "many questions per task")
     task_seed: int = Field(1234, description="seeds the few-shot draws and the --limit subset")
     engine: Literal["auto", "pytorch", "llama.cpp"] = "auto"
-    max_length: int = Field(512, gt=1)
-    stride: int = Field(256, gt=0)
+    max_length: int = Field(512, gt=1, description="perplexity window in tokens")
+    stride: int = Field(256, gt=0, description="how far the window moves (hf convention)")
+    convention: Literal["hf", "llama.cpp"] = Field(
+        "hf", description="perplexity as the Hugging Face guide's sliding window computes it "
+        "(every token but the first, windows moving by stride) or as llama.cpp's perplexity "
+        "tool does (chunks of max_length, second half of each scored)")
     max_eval_tokens: int | None = Field(8192, gt=1, description="cap on scored tokens")
     prompt_tokens: int = Field(128, gt=0)
     gen_tokens: int = Field(64, gt=1)
@@ -77,6 +81,12 @@ class EvalConfig(BaseModel):
         if v is not None and not data_exists(v):
             raise ValueError(f"'{v}' is neither a built-in corpus ({', '.join(CORPORA)}) nor a path")
         return v
+
+    @model_validator(mode="after")
+    def _reference_scores_every_token(self):
+        if self.reference and self.convention != "hf":
+            raise ValueError("reference counts every token of the text; use convention hf")
+        return self
 
 
 def resolve_split(split: str, spec: str, models: list) -> str:
@@ -175,7 +185,8 @@ def text_perplexity(engine, text: EvalText, max_length: int = 512, stride: int =
     nll_sum = r["nll"] * r["tokens"]
     ref_scored = max(text.ref_tokens - 1, 1)
     return {"ppl": math.exp(nll_sum / ref_scored), "ppl_own_tokens": r["ppl"],
-            "tokens": r["tokens"], "ref_tokens": ref_scored}
+            "tokens": r["tokens"], "ref_tokens": ref_scored,
+            "bits_per_byte": r["bits_per_byte"]}
 
 
 def _model_size(engine, spec) -> tuple[int, int]:
@@ -201,7 +212,10 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
     t0 = time.perf_counter()
     n_ctx = max(cfg.max_length, cfg.prompt_tokens + cfg.gen_tokens + 8,
                 2048 if cfg.task else 0)             # few-shot prompts
-    engine = open_engine(spec, cfg.engine, n_ctx=n_ctx, logits_all=True, device=cfg.device)
+    # llama.cpp computes every position's logits only when asked to (perplexity needs them,
+    # timing must not pay for them): its speed is measured on a plain context
+    engine = open_engine(spec, cfg.engine, n_ctx=n_ctx, device=cfg.device,
+                         logits_all=not cfg.speed)
     row = {"model": str(spec), "engine": engine.name, "load_s": time.perf_counter() - t0}
     row["params"], row["bytes"] = _model_size(engine, spec)
     ids = engine_tokens(engine, cfg.data, cfg.split, cfg.max_eval_tokens)
@@ -216,24 +230,15 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
                                  repeats=3 if engine.name == "llama.cpp" else 2))
     row["rss_before_load"] = rss0
     row["peak_rss"] = peak_rss()
-    row["ppl_split"] = cfg.split
+    if engine.name == "llama.cpp" and cfg.speed:
+        engine.llm.close()
+        engine = open_engine(spec, "llama.cpp", n_ctx=n_ctx, logits_all=True)
+    texts = texts or {}
+    row.update(_scores(engine, "ppl", cfg.data, cfg.split, ids, texts.get("data"), cfg,
+                       progress))
     if cfg.general_data:
-        row["ppl_general_split"] = cfg.general_split
-    if texts:
-        r = text_perplexity(engine, texts["data"], cfg.max_length, cfg.stride, progress)
-        row.update(ppl=r["ppl"], ppl_own_tokens=r["ppl_own_tokens"], ppl_tokens=r["tokens"],
-                   ppl_ref_tokens=r["ref_tokens"])
-    else:
-        row.update({f"{k}": v for k, v in _ppl(engine, ids, cfg, progress).items()})
-    if cfg.general_data and texts:
-        r = text_perplexity(engine, texts["general"], cfg.max_length, cfg.stride, progress)
-        row.update(ppl_general=r["ppl"], ppl_general_own_tokens=r["ppl_own_tokens"],
-                   ppl_general_tokens=r["tokens"])
-    elif cfg.general_data:
-        gen_ids = engine_tokens(engine, cfg.general_data, cfg.general_split,
-                                cfg.max_eval_tokens)
-        r = perplexity(engine, gen_ids, cfg.max_length, cfg.stride, progress)
-        row.update(ppl_general=r["ppl"], ppl_general_tokens=r["tokens"])
+        row.update(_scores(engine, "ppl_general", cfg.general_data, cfg.general_split, None,
+                           texts.get("general"), cfg, progress))
     if cfg.task:
         row["tasks"] = {}
         for task in resolve_tasks(cfg.task):
@@ -243,6 +248,25 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
             if task.name not in TASKS and "mc_acc" not in row:      # a JSONL file
                 row.update(mc_acc=r["acc"], mc_acc_norm=r["acc_norm"])
     return row
+
+
+def _scores(engine, key: str, spec: str, split: str, ids: list[int] | None,
+            text: EvalText | None, cfg: EvalConfig, progress: bool) -> dict:
+    """Perplexity fields of one text: ``key`` (perplexity), ``key_tokens`` (tokens scored),
+    ``key_bpb`` (bits per byte), ``key_split``; with a reference text also
+    ``key_own_tokens`` and ``key_ref_tokens``."""
+    if text is not None:
+        r = text_perplexity(engine, text, cfg.max_length, cfg.stride, progress)
+        out = {key: r["ppl"], f"{key}_own_tokens": r["ppl_own_tokens"],
+               f"{key}_ref_tokens": r["ref_tokens"]}
+    else:
+        if ids is None:
+            ids = engine_tokens(engine, spec, split, cfg.max_eval_tokens)
+        r = perplexity(engine, ids, cfg.max_length, cfg.stride, progress, cfg.convention)
+        out = {key: r["ppl"]}
+    out.update({f"{key}_tokens": r["tokens"], f"{key}_bpb": r["bits_per_byte"],
+                f"{key}_split": split})
+    return out
 
 
 def tokens_per_char(engine, spec: str, split: str, max_chars: int = 100_000) -> float:
@@ -258,11 +282,6 @@ def tokens_per_char(engine, spec: str, split: str, max_chars: int = 100_000) -> 
         if chars >= max_chars:
             break
     return tokens / max(chars, 1)
-
-
-def _ppl(engine, ids, cfg: EvalConfig, progress: bool) -> dict:
-    r = perplexity(engine, ids, cfg.max_length, cfg.stride, progress)
-    return {"ppl": r["ppl"], "ppl_tokens": r["tokens"]}
 
 
 def reference_texts(cfg: EvalConfig) -> dict[str, EvalText] | None:
