@@ -8,6 +8,7 @@ from rich.table import Table
 
 from ..data.preflight import check_data
 from ..models.preflight import check_model
+from ..pipeline.report import kept_lost_table
 from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
@@ -137,6 +138,8 @@ def eval_cmd(
         console.print(scored_note(result), highlight=False)
         if any(r.get("tasks") for r in result["models"]):
             console.print(task_table(result["models"]))
+        if result.get("kept_lost"):
+            console.print(kept_lost_table(result["kept_lost"]))
 
 
 def scored_note(result: dict) -> str:

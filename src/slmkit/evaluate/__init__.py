@@ -22,6 +22,7 @@ from ..device import Device
 from ..errors import SlmError
 from ..paths import peak_rss
 from .choice import accuracy, read_task
+from .compare import kept_lost
 from .perplexity import perplexity
 from .speed import measure_speed
 from .tasks import TASKS, resolve_tasks, run_tasks, score_task
@@ -336,7 +337,8 @@ def run_eval(models: list, cfg: EvalConfig, progress: bool = True) -> dict:
     Returns:
         ``{"models": [row, ...], "config": {...}}``; each row has params, bytes,
         load_s, prefill/decode tok/s, ttft_s, peak_rss, ppl (and ppl_general,
-        mc_acc, mc_acc_norm when asked).
+        mc_acc, mc_acc_norm when asked); with two models or more, ``kept_lost``: the
+        last against the first, figure by figure (see ``evaluate.compare``).
     """
     if not models:
         raise SlmError("no model given", "name at least one model")
@@ -356,7 +358,11 @@ def run_eval(models: list, cfg: EvalConfig, progress: bool = True) -> dict:
         speed = f", {row['decode_tok_s']:.1f} tok/s" if row.get("decode_tok_s") else ""
         ppl = f"ppl {row['ppl']:.2f}" if row.get("ppl") is not None else "done"
         say(f"  {ppl}{speed} ({time.perf_counter() - t0:.0f} s)")
-    return {"models": rows, "config": cfg.model_dump()}
+    out = {"models": rows, "config": cfg.model_dump()}
+    if len(rows) > 1:                  # the last model against the first
+        out["kept_lost"] = {"original": str(models[0]), "final": str(models[-1]),
+                            "kept_lost": kept_lost(rows[0], rows[-1])}
+    return out
 
 
 def check_models(models: list, engine: str = "auto") -> None:
