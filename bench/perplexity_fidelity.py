@@ -70,6 +70,7 @@ def llama_tool(binary: str, gguf: str, text_file: str, n_ctx: int, chunks: int) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=10240)
+    ap.add_argument("--strides", default="512,256", help="HF-convention strides to run")
     ap.add_argument("--llama-perplexity", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -97,7 +98,7 @@ def main() -> None:
                      "bits_per_byte": r.get("bits_per_byte"), "s": time.perf_counter() - t0})
         print(json.dumps(rows[-1]), flush=True)
 
-    for stride in (512, 256):
+    for stride in (int(x) for x in args.strides.split(",")):
         row(f"transformers, HF guide loop, window 512 stride {stride}",
             lambda: hf_guide(slm.model, ids, 512, stride))
         row(f"slm eval, pytorch, hf 512/{stride}",

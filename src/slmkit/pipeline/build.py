@@ -269,11 +269,31 @@ class Build:
             cfg = cfg.model_copy(update={"reference": self.results["base"].artifact})
         if cfg.split == "auto" and cfg.data == self.recipe.data:  # the build trained on it
             cfg = cfg.model_copy(update={"split": "val"})
-        report = self.recipe.steps[i].kind.run_function()([r.artifact for r in stages], cfg)
+        run = self.recipe.steps[i].kind.run_function()
+        bench = self._compared(stages) if cfg.task else []
+        report = run([r.artifact for r in stages], cfg.model_copy(update={"task": None})
+                     if bench else cfg)
         for row, r in zip(report["models"], stages):
             row["stage"] = r.name
             row["step"] = r.step
+        if bench:                  # benchmarks take minutes a model: original and result only
+            extra = run([r.artifact for r in bench],
+                        cfg.model_copy(update={"speed": False, "general_data": None}))
+            by_stage = {r["stage"]: r for r in report["models"]}
+            for r, row in zip(bench, extra["models"]):
+                by_stage[r.name]["tasks"] = row.get("tasks", {})
+            report["config"]["task"] = cfg.task
         return report
+
+    def _compared(self, stages: list[StepResult]) -> list[StepResult]:
+        """The original (``compare_to``) and the result (the last GGUF, else the last model)
+        among ``stages``: the two the build report sets side by side."""
+        by = {r.name: r for r in stages}
+        original = by.get(self.recipe.compare_to) or by.get("base")
+        made = [r for r in stages if r.name != "base"]
+        final = ([r for r in made if str(r.artifact).endswith(".gguf")] or made or [None])[-1]
+        out = [original] if original else []
+        return out + ([final] if final is not None and final is not original else [])
 
     def _stages(self, i: int) -> list[StepResult]:
         """The stages eval step ``i`` compares: those it names, or all made so far."""
