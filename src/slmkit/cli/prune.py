@@ -36,7 +36,7 @@ def prune_cmd(
     method: str = typer.Option("sparsegpt", "--method", "-m", help="magnitude, wanda, sparsegpt (zero weights), depth, width (remove structure) or vocab (drop tokens the domain does not use)."),
     sparsity: Optional[float] = typer.Option(None, "--sparsity", "-s", parser=units.fraction, help="Fraction of weights to zero in each Linear, in (0, 1)."),
     pattern: Optional[str] = typer.Option(None, "--pattern", help="N:M semi-structured sparsity, e.g. 2:4."),
-    target: Optional[str] = typer.Option(None, "--target", "-t", parser=units.fraction_or_count, help="depth/width: parameters to keep, a fraction (0.7) or a count (90M)."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", parser=units.fraction_or_count, help="depth/width: parameters to keep: a fraction of the decoder layers' parameters (0.7: the layers keep 70%, embedding and head untouched) or a count of the whole model's (90M)."),
     calib: str = typer.Option("python-docs", "--calib", "-c", help="Calibration data: corpus name, file or directory (train split)."),
     nsamples: int = typer.Option(128, min=1, help="Calibration sequences."),
     seqlen: int = typer.Option(512, min=2, help="Tokens per calibration sequence."),

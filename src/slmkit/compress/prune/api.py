@@ -39,7 +39,10 @@ class PruneConfig(BaseModel):
             or vocab (drop the embedding rows of tokens the domain does not use).
         sparsity: fraction of weights to zero in every Linear of every decoder layer, in (0, 1).
         pattern: N:M semi-structured sparsity, e.g. "2:4" (keep 2 of every 4 inputs).
-        target: parameters to keep (depth/width): a fraction in (0, 1) or a count ("70M", 70000000).
+        target: parameters to keep (depth/width). A fraction in (0, 1) is of the decoder
+            layers' parameters, the part depth and width pruning remove (0.6: the layers keep
+            60%; the embedding and output head stay as they are, see the vocab method); a
+            count ("70M", 70000000) is of the whole model, embedding and head included.
         calib: calibration data (built-in corpus, file or directory); its train split is used.
         nsamples: calibration sequences (128 in the Wanda and SparseGPT papers).
         seqlen: tokens per calibration sequence.
@@ -156,8 +159,37 @@ class PruneConfig(BaseModel):
         return 1 - self.nm[0] / self.nm[1] if self.nm else float(self.sparsity)
 
 
+def decoder_params(model: torch.nn.Module) -> int:
+    """Parameters of the decoder layers (what depth and width pruning can remove)."""
+    from ...models.io import _unique
+    return sum(p.numel() for p in _unique(decoder_layers(model).parameters()))
+
+
+def target_params(target, model: torch.nn.Module) -> int:
+    """The whole model's parameter budget for a depth/width ``target``.
+
+    A fraction applies to the decoder layers only: on a big-vocabulary model (Gemma 3
+    270M: the embedding is 168M of 268M) a fraction of the whole would cut the layers far
+    more than the number says. A count is the whole model's.
+    """
+    total = count_params(model)
+    if _is_fraction(target):
+        layers = decoder_params(model)
+        return total - layers + parse_target(target, layers)
+    return parse_target(target, total)
+
+
+def _is_fraction(target) -> bool:
+    try:
+        value = units.fraction_or_count(target)
+    except ValueError:
+        return False
+    return isinstance(value, float) and 0 < value < 1
+
+
 def parse_target(target, params: int) -> int:
-    """Parameter budget from a fraction (0, 1) or a count (int, "70M", "1.2B", "5e7")."""
+    """Parameter budget from a fraction (0, 1) of ``params`` or a count (int, "70M", "1.2B",
+    "5e7")."""
     try:
         value = units.fraction_or_count(target)
     except ValueError as exc:
@@ -186,7 +218,7 @@ def check_feasible(slm: SLM, cfg: PruneConfig) -> None:
     calibration needed: it depends on shapes and the tokenizer only)."""
     model = slm.model
     if cfg.method in STRUCTURED:
-        target = parse_target(cfg.target, count_params(model))
+        target = target_params(cfg.target, model)
         if cfg.method == "depth":
             depth.layers_for_target(model, target)
         else:
@@ -231,7 +263,7 @@ def prune_model(model: torch.nn.Module, ids: torch.Tensor | None, cfg: PruneConf
     """
     tick = (lambda d, t: progress("prune", d, t)) if progress else None
     if cfg.method in STRUCTURED:
-        target = parse_target(cfg.target, count_params(model))
+        target = target_params(cfg.target, model)
         if cfg.method == "depth":
             return depth.prune(model, ids, target, iterative=cfg.iterative,
                                batch_size=cfg.batch_size, progress=tick)
@@ -273,6 +305,7 @@ def run_prune(model, out: str | os.PathLike, cfg: PruneConfig,
     check_pattern_fits(torch_model, cfg.nm)
     params_before = count_params(torch_model)
     check_feasible(slm, cfg)                               # fail before any slow work
+    target = target_params(cfg.target, torch_model) if cfg.method in STRUCTURED else None
     if cfg.method == VOCAB:
         return _run_vocab(slm, out, cfg, t_start)
     ids = None
@@ -293,6 +326,9 @@ def run_prune(model, out: str | os.PathLike, cfg: PruneConfig,
         "calib_tokens": 0 if ids is None else int(ids.numel()),
         "prune_time_s": prune_time, "structure": structure,
     }
+    if target is not None:
+        report.update(target_params=target, decoder_params=[decoder_params(torch_model),
+                                                            decoder_params(pruned)])
     if cfg.method in UNSTRUCTURED:
         sp = layer_sparsity(pruned)
         report.update(layer_sparsity=sp, sparse_format_bytes=sparse_format_bytes(pruned, cfg.nm),
