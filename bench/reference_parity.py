@@ -261,8 +261,8 @@ def table(files: list[Path]) -> str:
         runs.update(json.loads(f.read_text()))
     dense = runs["dense"]["ppl"]
     lines = [f"dense: {dense:.3f}", "",
-             "| run | reference ppl | time s | slmkit ppl | time s | slmkit / reference |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| run | slmkit side | reference ppl | time s | slmkit ppl | time s | slmkit vs ref |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for name in RUNS:
         if not name.endswith("-slm") or name not in runs:
             continue
@@ -271,7 +271,7 @@ def table(files: list[Path]) -> str:
         cells = ([f"{ref['ppl']:.3f}", f"{ref['seconds']:.0f}"] if ref else ["", ""])
         cells += [f"{slm['ppl']:.3f}", f"{slm['seconds']:.0f}"]
         cells.append(f"{100 * (slm['ppl'] / ref['ppl'] - 1):+.2f}%" if ref else "")
-        lines.append(f"| {name[:-4]} ({slm['what']}) | " + " | ".join(cells) + " |")
+        lines.append(f"| {name[:-4]} | {slm['what']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

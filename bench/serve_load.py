@@ -1,22 +1,28 @@
-"""Load test: `slm serve` against llama-cpp-python's own server on the same GGUF file.
+"""Load test: `slm serve` against llama-cpp-python's server and llama.cpp's `llama-server`.
 
-N concurrent streaming clients (16, then 64) send completion requests in a
-loop for a fixed time against each server in turn: `slm serve` once per
---slots value (its --max-concurrency: 1 = one llama.cpp instance serving
-requests in order, like the peer; 8 = eight instances advanced token by token
-in turn) and `python -m llama_cpp.server`; the order rotates between rounds. Measured per run: time to first token (p50/p99; a request still
-waiting for its first token when time is up counts with its wait so far,
-which can only flatter the slower server), tokens received per second in
-total (text received inside the window, re-tokenized with the model's own
-tokenizer, so both servers are counted the same way), requests finished,
-429s, and errors (anything else that is not a clean stream).
+N concurrent streaming clients send completion requests in a loop for a
+fixed time against each server in turn: `slm serve` once per --slots value
+(its --max-concurrency: the sequences decoded together in one batch),
+`python -m llama_cpp.server` (one sequence at a time) and, given its path,
+llama.cpp's own C++ `llama-server --parallel N` (continuous batching); the
+order rotates between rounds and client counts. Measured per run: time to
+first token (p50/p99; a request still waiting for its first token when time
+is up counts with its wait so far, which can only flatter the slower server),
+tokens received per second in total (text received inside the window,
+re-tokenized with the model's own tokenizer, so every server is counted the
+same way), requests finished, 429s, errors (anything else that is not a clean
+stream), and the server's resident memory (VmHWM, its peak RSS).
 
-Both servers get the same file, context size and threads. llama-cpp-python's
+Every server gets the same file, threads and context per sequence (--ctx;
+llama-server's -c is the total of its --parallel slots), and the same
+llama.cpp load setting: where slmkit turns weight repacking off (CPUs with
+AMX, see ``slmkit.engines.llama_lib``) both peers get it off too. llama-cpp-python's
 server runs with --interrupt_requests False so that every stream it starts
 runs to the end, as ours do.
 
 Usage:
     python bench/serve_load.py [--clients 16 64] [--duration 30] [--rounds 1] [--slots 1 8]
+        [--llama-server PATH --parallel 4] [--round-offset 0]
 Loopback only; at most max(clients) connections, each request capped at
 --max-tokens; every server process is stopped at the end.
 """
@@ -34,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from slmkit.engines.llama_lib import repack_enabled
 
 PROMPTS = ["The os module in Python provides functions for",      # open-ended, so that
            "A Python dictionary is a data structure that",         # most requests run to
@@ -63,14 +71,23 @@ def start_server(kind: str, gguf: Path, clients: int, args) -> tuple[subprocess.
     """
     port = free_port()
     py = sys.executable
-    if kind.startswith("slmkit"):
+    if kind.startswith("llama-server"):
+        parallel = int(kind.split(":")[1])
+        cmd = [str(args.llama_server), "-m", str(gguf), "--host", "127.0.0.1",
+               "--port", str(port), "-c", str(args.ctx * parallel), "--parallel", str(parallel),
+               "-t", str(args.threads), "-tb", str(args.threads), "--alias", "bench",
+               "--no-webui"] + ([] if repack_enabled() else ["--no-repack"])
+    elif kind.startswith("slmkit"):
         slots = int(kind.split(":")[1])
         cmd = [str(Path(py).parent / "slm"), "serve", str(gguf), "--port", str(port),
                "--ctx", str(args.ctx), "--threads", str(args.threads), "--name", "bench",
-               "--max-concurrency", str(min(clients, slots)),
+               "--max-concurrency", str(slots),
                "--max-queue", str(clients), "--max-tokens", str(args.max_tokens)]
     else:
-        cmd = [py, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+        # with slmkit's llama.cpp load settings for this machine (see engines.llama_lib)
+        cmd = [py, "-c", "import runpy, sys; from slmkit.engines.llama_lib import llama_cpp; "
+               "llama_cpp(); sys.argv[0] = 'llama_cpp.server'; "
+               "runpy.run_module('llama_cpp.server', run_name='__main__')", "--model", str(gguf), "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", str(args.ctx), "--n_threads", str(args.threads),
                "--n_threads_batch", str(args.threads), "--model_alias", "bench",
                "--interrupt_requests", "False"]
@@ -173,18 +190,28 @@ def pct(xs, q) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def measure(kind, gguf, clients, args) -> dict:
     proc, url, model = start_server(kind, gguf, clients, args)
     try:
         asyncio.run(run_load(url, model, 2, argparse.Namespace(**{**vars(args), "duration": 3})))
         res, wall = asyncio.run(run_load(url, model, clients, args))
+        rss = peak_rss_mb(proc.pid)
     finally:
         stop_server(proc)
     tokens = count_tokens(res.texts, gguf)
     return {"server": kind, "clients": clients, "requests": len(res.ttft),
             "finished": res.finished, "rejected_429": res.rejected, "errors": len(res.errors),
             "error_samples": res.errors[:3], "ttft_p50_s": pct(res.ttft, 0.5),
-            "ttft_p99_s": pct(res.ttft, 0.99), "tokens": tokens, "tok_s": tokens / wall}
+            "ttft_p99_s": pct(res.ttft, 0.99), "tokens": tokens, "tok_s": tokens / wall,
+            "peak_rss_mb": rss}
 
 
 def _ratio(a: float, b: float) -> str:
@@ -201,30 +228,44 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--slots", type=int, nargs="+", default=[1, 8],
                     help="slmkit --max-concurrency settings to run (each capped at the clients)")
+    ap.add_argument("--llama-server", type=Path,
+                    help="llama.cpp's llama-server binary, built from the sources llama-cpp-python "
+                         "vendors; adds it as a peer")
+    ap.add_argument("--parallel", type=int, default=4, help="llama-server --parallel")
+    ap.add_argument("--peer", choices=["on", "off"], default="on",
+                    help="run llama-cpp-python's server too")
+    ap.add_argument("--round-offset", type=int, default=0,
+                    help="number of the first round (rotates the order; to split rounds "
+                         "over several invocations)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from slmkit.models.io import builtin_gguf
     gguf = builtin_gguf("smollm2-135m")
     rows = []
-    kinds = [f"slmkit:{n}" for n in args.slots] + ["llama_cpp.server"]
-    for r in range(args.rounds):
-        for clients in args.clients:
-            shift = (r + clients) % len(kinds)            # rotate who goes first
+    peers = (["llama_cpp.server"] if args.peer == "on" else []) + (
+        [f"llama-server:{args.parallel}"] if args.llama_server else [])
+    kinds = [f"slmkit:{n}" for n in args.slots] + peers
+    for r in range(args.round_offset, args.round_offset + args.rounds):
+        for ci, clients in enumerate(args.clients):
+            shift = (r + ci) % len(kinds)                 # rotate who goes first
             order = kinds[shift:] + kinds[:shift]
             runs = {k: measure(k, gguf, clients, args) for k in order}
             rows += [{**row, "round": r} for row in runs.values()]
-            peer = runs["llama_cpp.server"]
             for k in kinds:
                 row = runs[k]
                 print(f"round {r} clients {clients:3d} {k:17s} "
                       f"tok/s {row['tok_s']:7.1f}  TTFT p50 {row['ttft_p50_s']:6.2f}s "
                       f"p99 {row['ttft_p99_s']:6.2f}s  requests {row['requests']:4d} "
                       f"finished {row['finished']:4d}  429 {row['rejected_429']}  "
-                      f"errors {row['errors']} {row['error_samples'] or ''}", flush=True)
-                if k != "llama_cpp.server":
-                    print(f"  {k} / llama_cpp.server: tok/s {_ratio(row['tok_s'], peer['tok_s'])}, "
-                          f"p99 TTFT {_ratio(row['ttft_p99_s'], peer['ttft_p99_s'])}", flush=True)
+                      f"errors {row['errors']} {row['error_samples'] or ''}  "
+                      f"peak RSS {row['peak_rss_mb']:.0f} MiB", flush=True)
+                for p in peers:
+                    if k.startswith("slmkit"):
+                        print(f"  {k} / {p}: tok/s {_ratio(row['tok_s'], runs[p]['tok_s'])}, "
+                              f"p50 TTFT {_ratio(row['ttft_p50_s'], runs[p]['ttft_p50_s'])}, "
+                              f"p99 TTFT {_ratio(row['ttft_p99_s'], runs[p]['ttft_p99_s'])}",
+                              flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -53,7 +53,7 @@ def test_cli_distill_json_and_student_config(files, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--kd", "kl"], "invalid option 'kd'"),
+    (["--kd", "kl"], "--kd: Input should be 'forward_kl'"),
     (["--student-config", "smollm2-135m"], "exactly one of --student and --student-config"),
     (["--cross-tokenizer", "--w-hidden", "1"], "pairs tokens, not hidden states"),
     (["--layer-pairs", "0-1"], "bad --layer-pairs"),

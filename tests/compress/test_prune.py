@@ -189,6 +189,8 @@ def test_width_slices_exactly_what_it_ranks(calib):
     dict(method="sparsegpt"), dict(method="wanda", pattern="4:2"),
     dict(method="wanda", sparsity=0.3, pattern="2:4"), dict(method="depth"),
     dict(method="depth", target=0.5, sparsity=0.5), dict(method="magnitude", target=0.5),
+    dict(method="width", target=1.0), dict(method="width", target=2.0),
+    dict(method="width", target="2.0"), dict(method="depth", target=float("nan")),
     dict(method="wanda", sparsity=0.5, nsamplez=3),
 ])
 def test_bad_config_names_field(kwargs):
@@ -199,7 +201,7 @@ def test_bad_config_names_field(kwargs):
 @pytest.mark.parametrize("cfg, needle", [
     (dict(method="wanda", pattern="2:5"), "does not divide"),
     (dict(method="depth", target="5B"), "not smaller than the model"),
-    (dict(method="width", target=1.0), "not smaller than the model"),
+    (dict(method="width", target=2), "below what width pruning can reach"),
     (dict(method="depth", target=0.05), "leaves no decoder layer"),
     (dict(method="wanda", sparsity=0.5, calib="SHORT"), "fewer than one block"),
 ])
@@ -242,3 +244,19 @@ def test_run_prune_report_and_files(tmp_path):
     assert not any(_linear.weight.eq(0).any() for _linear in _linears(slm.model))  # caller's copy
     meta = slmkit.load(tmp_path / "p").meta
     assert meta["history"][-1]["step"] == "prune"
+
+
+def test_target_fraction_is_of_the_decoder_layers(calib, tmp_path):
+    """A big vocabulary does not make a fraction cut the layers deeper than asked."""
+    from slmkit.compress.prune.api import decoder_params, target_params
+    slm = tiny_slm("llama", vocab_size=4096)           # the embedding outweighs the layers
+    model = slm.model
+    layers, total = decoder_params(model), count_params(model)
+    assert layers < total / 2
+    assert target_params(0.6, model) == total - layers + int(0.6 * layers)
+    assert target_params("90K", model) == 90_000                     # a count: whole model
+    rep = run_prune(slm, tmp_path / "w", PruneConfig(method="width", target=0.6, nsamples=4,
+                                                     seqlen=64, eval_tokens=0))
+    before, after = rep["decoder_params"]
+    assert 0.45 * before < after <= 0.6 * before                     # not far below 60%
+    assert rep["params_after"] <= rep["target_params"]

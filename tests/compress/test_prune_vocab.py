@@ -19,7 +19,8 @@ SAMPLE = 'def f(x):\n    """Return x."""\n    return [i for i in range(10)]  # �
 
 @pytest.fixture(scope="module")
 def texts():
-    return [record_text(r) for r in load_split("python-docs", "train")][:30]
+    # the opening 1,500 characters of 30 topics: a domain that leaves tokens unused
+    return [record_text(r)[:1500] for r in load_split("python-docs", "train")][:30]
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +160,56 @@ def test_distill_from_untrimmed_teacher_names_the_fix(trimmed):
     with pytest.raises(SlmError, match="trimmed copy of the teacher's.*prune --method vocab"):
         check_tokenizers(slm.tokenizer, tok)
     check_tokenizers(tok, tok)
+
+
+# ------------------------------------------------ SentencePiece-style BPE with byte fallback
+
+KO = ["리브레오피스 도움말: 표 계산 문서에서 셀을 선택합니다.", "대한민국은 민주공화국이다. 😀 中文",
+      "def f(x):\n    return x  # ünïcode", "  two  spaces\tand\n\n\nlines "]
+
+
+def test_byte_fallback_trim_keeps_bytes_and_matches_llamacpp(texts, tmp_path):
+    from slmkit.export import ExportConfig, run_export
+    from slmkit.engines.llamacpp import LlamaCppEngine
+    slm = tiny_slm("gemma3_text", seed=2, initializer_range=0.3)
+    assert json.loads(slm.tokenizer.backend_tokenizer.to_str())["model"]["byte_fallback"]
+    model, tok, info = vocab.prune(slm.model, slm.tokenizer, texts, vocab_size=300)
+    assert len(tok) == 300 == model.config.vocab_size
+    kept = tok.get_vocab()
+    assert all(f"<0x{b:02X}>" in kept for b in range(256))              # any text encodable
+    for special in ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"):
+        assert special in kept
+    assert info["domain_tokens"] > 0 and info["vocab_size"] == [512, 300]
+    for s in KO:                                         # Hangul goes through the byte tokens
+        ids = tok(s, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == s
+    trimmed = slmkit.SLM(model, tok, "trimmed", {"history": []})
+    rep = run_export(trimmed, tmp_path / "t.gguf", ExportConfig(type="f16", parity_tokens=48))
+    assert rep["tokenizer"]["model"] == "llama"
+    assert rep["parity"]["tokenizer_match"] and rep["parity"]["argmax_agreement"] >= 0.99
+    eng = LlamaCppEngine(tmp_path / "t.gguf", n_ctx=256)
+    for s in KO + texts[:5]:
+        assert eng.llm.tokenize(s.encode(), add_bos=True, special=True) == tok(s)["input_ids"]
+
+
+def test_byte_fallback_vocab_below_the_bytes_is_refused():
+    slm = tiny_slm("gemma3_text")
+    with pytest.raises(SlmError, match="below the 2.. base and special"):
+        vocab.prune(slm.model, slm.tokenizer, ["some text"], vocab_size=100)
+
+
+@pytest.mark.real
+def test_gemma3_trimmed_to_korean_tokenizes_like_llamacpp(tmp_path):
+    """Gemma 3 270M trimmed to a Korean text's tokens: llama.cpp reads the same ids."""
+    from slmkit.export.gguf_file import write_gguf
+    from slmkit.engines.llamacpp import LlamaCppEngine
+    slm = slmkit.load("gemma3-270m")
+    law = [record_text(r) for r in load_split("python-docs", "train")][:20] + KO * 5
+    model, tok, info = vocab.prune(slm.model, slm.tokenizer, law, vocab_size=4096)
+    assert info["vocab_size"] == [262144, 4096]
+    trimmed = slmkit.SLM(model, tok, slm.spec, slm.meta, slm.path)
+    info = write_gguf(trimmed, tmp_path / "k.gguf", "f16", slm.meta["gguf"])
+    assert info["tokenizer"]["tokens_from_source"] == 4096       # scores and types kept
+    eng = LlamaCppEngine(tmp_path / "k.gguf", n_ctx=256)
+    for s in KO + ["    return x\n\n\n", "<start_of_turn>user\n안녕<end_of_turn>\n"]:
+        assert eng.llm.tokenize(s.encode(), add_bos=True, special=True) == tok(s)["input_ids"], s

@@ -132,9 +132,10 @@ def test_jsonl_only_text_fields_change(tmp_path):
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert rep["records_in"] == 2 and rep["records_out"] == len(out) == 10
     assert sum(rep["copies"].values()) == 8 and all(v > 0 for v in rep["words_changed"].values())
-    copies = [r for r in out if "~eda" in r["id"]]
+    copies = [r for r in out if "augmented" in r]
+    assert len(copies) == 8 and out[0] == recs[0]      # originals come back exactly as written
     for r in copies:
-        assert set(r) <= {"prompt", "response", "label", "score", "id", "messages"}
+        assert set(r) <= {"prompt", "response", "label", "score", "messages", "augmented"}
         if "prompt" in r:
             assert r["label"] == "keep me" and r["score"] == 5
             assert (r["prompt"], r["response"]) != (recs[0]["prompt"], recs[0]["response"])
@@ -156,7 +157,7 @@ def test_cli_augment_and_bad_jsonl(tmp_path, capsys):
     good = tmp_path / "d.txt"
     good.write_text("The quick brown dog jumps over the lazy fox.\n\nA small cat sleeps on the mat.\n")
     assert _cli("augment", str(good), "--n", "2", "--out", str(tmp_path / "o.jsonl"),
-                "--seed", "3", "--json") == 0
+                "--seed", "1", "--json") == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["records_in"] == 1 and rep["records_out"] == 3
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3

@@ -154,3 +154,39 @@ def test_smollm2_f16_parity(tmp_path):
     assert rep["parity"]["argmax_agreement"] >= 0.99, rep["parity"]
     assert rep["parity"]["tokenizer_match"]
     assert rep["tokenizer"]["pre"] == "smollm"             # kept from the shipped GGUF
+
+
+# ------------------------------------------------ width-pruned heads; every export loads
+
+def _width_pruned(family: str, tmp_path):
+    from slmkit.compress.prune import PruneConfig, run_prune
+    slm = tiny_slm(family, initializer_range=0.3)
+    cfg = PruneConfig(method="width", target=0.6, nsamples=4, seqlen=64, eval_tokens=0)
+    run_prune(slm, tmp_path / "w", cfg)
+    return slmkit.load(tmp_path / "w")
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama", "gemma3_text"])
+def test_width_pruned_heads_load_in_llamacpp(family, tmp_path):
+    slm = _width_pruned(family, tmp_path)
+    cfg = slm.model.config
+    assert cfg.num_attention_heads * cfg.head_dim < cfg.hidden_size        # heads were cut
+    rep = run_export(slm, tmp_path / "w.gguf", ExportConfig(type="f16", parity_tokens=0))
+    assert rep["llamacpp_load"]["ok"] and "parity" not in rep
+    assert rep["architecture"] == ("llama" if family == "qwen2" else rep["architecture"])
+    rep = run_export(slm, tmp_path / "w.gguf", F16, overwrite=True)
+    assert rep["parity"]["argmax_agreement"] >= 0.99, rep["parity"]
+    assert rep["parity"]["max_abs_logit_diff"] < 0.1, rep["parity"]
+
+
+def test_file_llamacpp_refuses_is_an_error_and_nothing_is_left(tmp_path, monkeypatch):
+    import dataclasses
+    from slmkit.export import gguf_file
+    slm = _width_pruned("qwen2", tmp_path)
+    # the qwen2 architecture without the fallback: llama.cpp's qwen2 wants n_head * head_dim
+    # == hidden size and refuses the file
+    monkeypatch.setitem(gguf_file.GGUF_ARCHS, "qwen2", dataclasses.replace(
+        gguf_file.GGUF_ARCHS["qwen2"], fewer_heads_as=None))
+    with pytest.raises(SlmError, match="llama.cpp cannot load the exported GGUF"):
+        run_export(slm, tmp_path / "bad.gguf", ExportConfig(type="f16", parity_tokens=0))
+    assert not [p for p in tmp_path.iterdir() if "bad" in p.name]

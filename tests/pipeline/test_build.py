@@ -70,7 +70,7 @@ def test_report_numbers_match_the_artifacts(run):
     rows = {r["stage"]: r for r in report["stages"]}
     assert list(rows) == ["base", "finetune", "vocab", "prune", "distill", "quantize", "export"]
     assert rows["vocab"]["params"] < rows["finetune"]["params"]
-    assert rows["prune"]["params"] < 0.75 * rows["vocab"]["params"]   # target 0.7
+    assert rows["prune"]["params"] < 0.75 * rows["vocab"]["params"]   # 0.6 of the decoder
     assert rows["export"]["bytes"] == (out / "06-export" / "model.gguf").stat().st_size
     # one perplexity scale: per token of the base tokenizer, on the same characters
     assert report["stages"][0]["ppl"] == pytest.approx(rows["base"]["ppl_own_tokens"])
@@ -125,3 +125,22 @@ def test_work_dir_keeps_checkpoints_only_for_the_same_key(tmp_path):
     assert ckpt.exists()                      # same step, same options: resume
     _prepare_work(work, "key-b")
     assert not ckpt.exists()                  # options changed: start over
+
+
+def test_eval_benchmarks_only_the_original_and_the_result(run, tmp_path):
+    from slmkit.evaluate import EvalConfig
+    from slmkit.pipeline.report import comparison
+    quiz = tmp_path / "quiz.jsonl"
+    quiz.write_text("\n".join(json.dumps({"question": f"{i} plus one is", "answer": 0,
+                                          "choices": [str(i + 1), "a fish"]}) for i in range(4)))
+    i = len(run["recipe"].steps) - 1                  # the eval step
+    cfg = EvalConfig(task=str(quiz), speed=False, isolate=False, max_eval_tokens=128,
+                     max_length=64, stride=64)
+    report = run["build"]._eval(i, cfg)
+    stages = [r["stage"] for r in report["models"]]
+    assert len(stages) == 8 and stages[0] == "base"
+    assert [r["stage"] for r in report["models"] if r.get("tasks")] == ["base", "export"]
+    rows = comparison(report["models"], "base", "export")["kept_lost"]
+    bench = [r for r in rows if r["kind"] == "benchmark"]
+    assert bench and all(0 <= r["original"] <= 1 and 0 <= r["final"] <= 1 for r in bench)
+    assert {r["what"] for r in rows} >= {"domain perplexity", "domain bits/byte", "size on disk"}

@@ -16,6 +16,10 @@ ROWS = [
     {"stage": "gguf", "engine": "llama.cpp", "params": 80_000_000, "bytes": 50_000_000,
      "ppl": 10.0, "ppl_general": 45.0, "decode_tok_s": 150.0, "peak_rss": 150_000_000},
 ]
+ROWS[1]["tasks"] = {"arc_easy": {"acc": 0.54, "acc_norm": 0.48, "n": 500},
+                    "winogrande": {"acc": 0.52, "acc_norm": None, "n": 500}}
+ROWS[2]["tasks"] = {"arc_easy": {"acc": 0.47, "acc_norm": 0.49, "n": 500},
+                    "winogrande": {"acc": 0.52, "acc_norm": None, "n": 500}}
 
 
 def report_dict():
@@ -43,9 +47,25 @@ def test_comparison_ratios_and_goal():
     assert worse["goal"] == {"2x_smaller": False, "2x_faster": False, "lower_domain_ppl": False}
 
 
+def test_kept_and_lost_rows():
+    rows = {r["what"]: r for r in comparison(ROWS, "original-f16", "gguf")["kept_lost"]}
+    assert rows["domain perplexity"]["change"] == pytest.approx(10 / 12.1 - 1)
+    assert rows["domain perplexity"]["better"] is True
+    assert rows["general perplexity"]["change"] == pytest.approx(45 / 30.2 - 1)
+    assert rows["general perplexity"]["better"] is False
+    assert rows["decode tok/s"]["better"] is True and rows["size on disk"]["better"] is True
+    assert rows["arc_easy acc"]["change"] == pytest.approx(-7.0)       # points
+    assert rows["arc_easy acc"]["better"] is False
+    assert rows["arc_easy acc_norm"]["better"] is True
+    assert rows["winogrande acc"]["better"] is None                     # unchanged
+    assert "winogrande acc_norm" not in rows                           # not reported
+    assert "domain bits/byte" not in rows                              # neither row has it
+
+
 def test_html_is_self_contained_and_escaped():
     page = render_html(report_dict())
-    assert page.count("<svg") == 3                       # ppl, tok/s, loss curves
+    assert page.count("<svg") == 4                       # kept/lost, ppl, tok/s, loss curves
+    assert "What it kept and what it lost" in page and "-7.0 pts" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<link" not in page and "<script" not in page
     assert "a &lt;test&gt; recipe" in page and "x &lt;b&gt;" in page

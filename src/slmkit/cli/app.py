@@ -44,3 +44,10 @@ def _device(value: str) -> str:
 DeviceOpt = typer.Option("auto", "--device", callback=_device,
                          help="Where PyTorch models run: auto (CUDA when a GPU is visible, "
                               "else the CPU), cpu, cuda or cuda:N.")
+
+
+# One definition of the option every verb that reads data takes.
+TEXT_FIELD = typer.Option(
+    None, "--text-field",
+    help="Column of .csv/.parquet files (key of .jsonl records) that holds the text "
+         "(default: text).")

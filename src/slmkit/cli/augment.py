@@ -1,10 +1,14 @@
 """slm augment: EDA copies of text data."""
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 from rich.table import Table
 
-from .app import app, console, print_json
+from ..data.preflight import check_data
+from ..outputs import check_output
+from .app import TEXT_FIELD, app, console, print_json
 
 
 @app.command("augment")
@@ -12,11 +16,13 @@ def augment_cmd(
     data: str = typer.Argument(..., help="Data: .txt/.md/.jsonl file, directory or corpus name."),
     out: str = typer.Option(..., "--out", "-o", help="Output file: .jsonl (keeps all fields), .txt or .md."),
     method: str = typer.Option("eda", "--method", "-m", help="Augmentation method (eda)."),
-    n: int = typer.Option(4, "--n", "-n", help="Augmented copies per record."),
+    n: int = typer.Option(4, "--n", "-n", min=1, help="Augmented copies per record."),
     alpha: float = typer.Option(0.1, "--alpha", "-a", help="Fraction of words each copy changes."),
     ops: str = typer.Option("sr,ri,rs,rd", "--ops", help="EDA operations: sr (synonym), ri (insert), rs (swap), rd (delete)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same output)."),
     no_original: bool = typer.Option(False, "--no-original", help="Write only the augmented copies."),
+    text_field: Optional[str] = TEXT_FIELD,
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
     """Make noisy copies of text records with EDA (synonyms, insertion, swap, deletion).
@@ -26,12 +32,17 @@ def augment_cmd(
 
     Example: slm augment notes.jsonl --method eda --n 4 --alpha 0.1 --out notes-eda.jsonl --seed 1
     """
+    from ..data import with_text_field
     from ..data.augment import AugmentConfig, run_augment
     from ..pipeline_util import config_from_options
-    cfg = config_from_options(AugmentConfig, method=method, n=n, alpha=alpha,
+    cfg = config_from_options(AugmentConfig, flags={"keep_original": "--no-original"},
+                              method=method, n=n, alpha=alpha,
                               ops=[o.strip() for o in ops.split(",") if o.strip()], seed=seed,
                               keep_original=not no_original)
-    report = run_augment(data, out, cfg)
+    check_output(out, kind="file", force=force, suffixes=(".jsonl", ".txt", ".md"),
+                 inputs={"DATA": data})
+    check_data(with_text_field(data, text_field), "DATA")
+    report = run_augment(with_text_field(data, text_field), out, cfg)
     if json_out:
         print_json(report)
         return

@@ -7,7 +7,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .app import DeviceOpt, app, console, print_json
+from ..data.preflight import check_data
+from ..models.preflight import check_model
+from ..outputs import check_output
+from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
 def _pairs(text: Optional[str]) -> Optional[list[tuple[int, int]]]:
@@ -73,6 +76,7 @@ def distill_cmd(
     device: str = DeviceOpt,
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint in --out's work directory if there is one (the default), or start afresh."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+    text_field: Optional[str] = TEXT_FIELD,
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
     """Distil a teacher into a smaller student: KL to the teacher, CE on data, hidden states.
@@ -84,6 +88,7 @@ def distill_cmd(
 
     Example: slm distill --teacher smollm2-135m --student runs/pruned --data python-docs --tokens 200000 --out runs/distilled
     """
+    from ..data import with_text_field
     from ..compress.distill import DistillConfig, init_student, run_distill
     from ..errors import SlmError
     from ..pipeline_util import config_from_options
@@ -93,16 +98,26 @@ def distill_cmd(
     if set_ and not student_config:
         raise SlmError("--set needs --student-config", "drop --set or add --student-config")
     cfg = config_from_options(
-        DistillConfig, teacher=teacher, data=data, tokens=tokens, seq_len=seq_len,
+        DistillConfig, teacher=teacher, data=with_text_field(data, text_field), tokens=tokens, seq_len=seq_len,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
         schedule=schedule, kd=kd, temperature=temperature, jsd_beta=jsd_beta, w_kl=w_kl,
         w_ce=w_ce, w_hidden=w_hidden, layer_pairs=_pairs(layer_pairs), top_k=top_k,
         teacher_cache=teacher_cache, cross_tokenizer=cross_tokenizer,
         grad_checkpointing=grad_checkpointing, compile=compile_, bf16=not no_bf16, val_tokens=val_tokens,
         eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, resume=resume, fsdp=fsdp,
-        device=device)
+        device=device, flags={"warmup_steps": "--warmup", "bf16": "--no-bf16", "compile": "--compile"})
+    check_output(out, kind="dir", force=force, make_parents=True,
+                 inputs={"--teacher": teacher, "--student": student, "--data": data})
+    check_model(teacher, option="--teacher")
+    if student:
+        check_model(student, option="--student")
+    overrides = _overrides(set_)
+    if student_config:
+        from ..compress.distill import student_config as check_student_config
+        check_student_config(student_config, overrides)
+    check_data(cfg.data, "--data")
     model = student if student else init_student(teacher, student_config, seed=seed,
-                                                 **_overrides(set_))
+                                                 **overrides)
     report = run_distill(model, out, cfg, overwrite=force, progress=not json_out)
     from ..tune.loop import is_main
     if not is_main():                      # under torchrun only rank 0 prints

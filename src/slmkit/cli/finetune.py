@@ -6,7 +6,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .app import DeviceOpt, app, console, print_json
+from ..data.preflight import check_data
+from ..models.preflight import check_model
+from ..outputs import check_output
+from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
 @app.command("finetune")
@@ -37,6 +40,7 @@ def finetune_cmd(
     device: str = DeviceOpt,
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint in --out's work directory if there is one (the default), or start afresh."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+    text_field: Optional[str] = TEXT_FIELD,
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
     """Fine-tune a model on your data with LoRA, QLoRA, DoRA or all weights.
@@ -49,15 +53,21 @@ def finetune_cmd(
 
     Example: slm finetune smollm2-135m --data python-docs --method lora --max-tokens 200000 --merge --out runs/ft
     """
+    from ..data import with_text_field
     from ..pipeline_util import config_from_options
     from ..tune.finetune import FinetuneConfig, run_finetune
     tlist = [t.strip() for t in targets.split(",")] if targets else None
     cfg = config_from_options(
-        FinetuneConfig, data=data, method=method, rank=rank, alpha=alpha, dropout=dropout,
+        FinetuneConfig, data=with_text_field(data, text_field), method=method, rank=rank, alpha=alpha, dropout=dropout,
         targets=tlist, quant_format=quant_format, lr=lr, epochs=epochs, max_tokens=max_tokens,
         seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, val_fraction=val_fraction,
         eval_every=eval_every, patience=patience, merge=merge, seed=seed, resume=resume,
-        compile=compile_, fsdp=fsdp, bf16_base=not fp32_hidden, device=device)
+        compile=compile_, fsdp=fsdp, bf16_base=not fp32_hidden, device=device,
+        flags={"bf16_base": "--fp32-hidden"})
+    check_output(out, kind="dir", force=force, make_parents=True,
+                 inputs={"MODEL": model, "--data": data})
+    check_model(model)
+    check_data(cfg.data, "--data")
     report = run_finetune(model, out, cfg, progress=not json_out, overwrite=force)
     from ..tune.loop import is_main
     if not is_main():                      # under torchrun only rank 0 prints

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from typing import Optional
 
+import psutil
 import typer
 from rich.table import Table
 
+from .. import units
+from ..errors import SlmError
 from .app import app, console, print_json
 
 
@@ -23,9 +26,9 @@ def _nearest_miss(rows):
 @app.command("plan")
 def plan_cmd(
     memory: str = typer.Option(..., "--memory", "-m", help="Memory you can give the model, e.g. 4G, 512M."),
-    tokens_per_second: Optional[float] = typer.Option(None, "--tokens-per-second", "-r", help="Decode speed you need."),
-    context: int = typer.Option(2048, "--context", "-c", help="Context length in tokens (sizes the KV cache)."),
-    top: int = typer.Option(10, "--top", help="Rows to show (the JSON has all)."),
+    tokens_per_second: Optional[float] = typer.Option(None, "--tokens-per-second", "-r", parser=units.positive, help="Decode speed you need."),
+    context: int = typer.Option(2048, "--context", "-c", min=1, help="Context length in tokens (sizes the KV cache)."),
+    top: int = typer.Option(10, "--top", min=1, help="Rows to show (the JSON has all)."),
     reprobe: bool = typer.Option(False, "--reprobe", help="Measure the machine again instead of using the cache."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
@@ -38,7 +41,12 @@ def plan_cmd(
     """
     from dataclasses import asdict
     from .. import plan
-    mem = plan.parse_size(memory)
+    mem = units.option(plan.parse_size, "--memory", memory)
+    total = psutil.virtual_memory().total
+    if mem > total:
+        raise SlmError(f"--memory {memory} is {mem / 1e9:.1f} GB, more than this machine has "
+                       f"({total / 1e9:.1f} GB)", f"give at most {total // 2**30}G: the speeds "
+                       "predicted are this machine's")
     probe = plan.load_probe(reprobe=reprobe)
     rows = plan.recommend(mem, probe, tokens_per_second=tokens_per_second, context=context)
     if json_out:

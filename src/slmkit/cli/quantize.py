@@ -1,9 +1,14 @@
 """slm quantize: weight-only int8/int4 quantization (RTN or GPTQ) to packed integers."""
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
-from .app import DeviceOpt, app, console, print_json
+from ..data.preflight import check_data
+from ..models.preflight import check_model
+from ..outputs import check_output
+from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
 @app.command("quantize")
@@ -17,12 +22,13 @@ def quantize_cmd(
     act_order: bool = typer.Option(False, "--act-order", help="GPTQ: quantize columns by decreasing Hessian diagonal."),
     clip: bool = typer.Option(True, "--clip/--no-clip", help="GPTQ: pick each group's range by a search that clips outliers when that lowers the (Hessian-weighted) rounding error."),
     calib: str = typer.Option("python-docs", "--calib", "-c", help="Calibration data (train split); held-out perplexity uses its val split."),
-    calib_samples: int = typer.Option(64, help="Calibration sequences."),
-    seq_len: int = typer.Option(512, help="Tokens per calibration sequence."),
-    eval_tokens: int = typer.Option(4096, help="Held-out tokens scored before and after (0 skips)."),
-    speed_tokens: int = typer.Option(32, help="Tokens decoded to measure speed before and after (0 skips)."),
+    calib_samples: int = typer.Option(64, min=1, help="Calibration sequences."),
+    seq_len: int = typer.Option(512, min=2, help="Tokens per calibration sequence."),
+    eval_tokens: int = typer.Option(4096, min=0, help="Held-out tokens scored before and after (0 skips)."),
+    speed_tokens: int = typer.Option(32, min=0, help="Tokens decoded to measure speed before and after (0 skips)."),
     device: str = DeviceOpt,
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
+    text_field: Optional[str] = TEXT_FIELD,
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
     """Quantize the decoder Linear layers to packed int8/int4 and report size, quality, speed.
@@ -32,13 +38,18 @@ def quantize_cmd(
 
     Example: slm quantize smollm2-135m --method gptq --bits 4 --group-size 128 --calib python-docs --out runs/q4
     """
+    from ..data import with_text_field
     from ..compress.quantize import QuantizeConfig, run_quantize
     from ..pipeline_util import config_from_options
     from ..progress import progress_bar
     cfg = config_from_options(QuantizeConfig, method=method, bits=bits, group_size=group_size,
-                              sym=sym, act_order=act_order, clip=clip, calib=calib,
+                              sym=sym, act_order=act_order, clip=clip, calib=with_text_field(calib, text_field),
                               calib_samples=calib_samples, seq_len=seq_len,
                               eval_tokens=eval_tokens, speed_tokens=speed_tokens, device=device)
+    check_output(out, kind="dir", force=force, make_parents=True,
+                 inputs={"MODEL": model, "--calib": calib})
+    check_model(model)
+    check_data(cfg.calib, "--calib")
     with progress_bar(f"{method} layers", total=None, enabled=not json_out) as bar:
         report = run_quantize(model, out, cfg, overwrite=force,
                               progress=lambda done, total: bar.update(completed=done, total=total))

@@ -57,6 +57,7 @@ from torch import nn
 from ..device import Device, autocast_type, model_device
 from ..errors import SlmError
 from ..models.io import count_params
+from ..pipeline_util import OptionError
 from ..tune.losses import (IGNORE_INDEX, backbone_and_head, chunked_head_loss, fused_ce_kl,
                            hidden_states, shift_labels)
 
@@ -66,7 +67,7 @@ KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
 class DistillConfig(BaseModel):
     """Options of one distillation run (recipe step ``distill``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     teacher: str = Field(..., description="teacher model spec")
@@ -111,10 +112,14 @@ class DistillConfig(BaseModel):
     def _cross(self):
         if self.cross_tokenizer:
             if self.teacher_cache:
-                raise ValueError("cross_tokenizer needs the live teacher: drop teacher_cache")
+                raise OptionError("teacher_cache", "{cross_tokenizer} needs the live teacher: "
+                                  "drop {teacher_cache}")
             if self.w_hidden > 0:
-                raise ValueError("cross_tokenizer pairs tokens, not hidden states: "
-                                 "set w_hidden to 0")
+                raise OptionError("w_hidden", "{cross_tokenizer} pairs tokens, not hidden "
+                                  "states: set {w_hidden} to 0")
+        if self.w_kl + self.w_ce + self.w_hidden == 0:
+            raise OptionError("w_kl", "all loss weights are 0: set {w_kl}, {w_ce} or "
+                              "{w_hidden} above 0")
         return self
 
     @property
@@ -544,6 +549,55 @@ def vocab_fingerprint(tokenizer) -> str:
 
 # ---------------------------------------------------------------- students
 
+def student_config(config: str | dict | Path, overrides: dict | None = None,
+                   option: str = "--set"):
+    """The HF config of a new student: a catalog name, a config JSON file or a dict, with
+    ``overrides`` checked against the fields that config has (a misspelt field or a value
+    of the wrong type is refused, naming ``option``).
+
+    Returns:
+        (config dict, the transformers config built from it).
+    """
+    from ..models.catalog import CATALOG, hf_config
+    if isinstance(config, dict):
+        base = dict(config)
+    elif str(config) in CATALOG:
+        base = dict(CATALOG[str(config)].config)
+    elif Path(config).is_file():
+        try:
+            base = json.loads(Path(config).read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise SlmError(f"--student-config {config} is not valid JSON",
+                           "pass a config.json of an HF model") from None
+        if not isinstance(base, dict) or "model_type" not in base:
+            raise SlmError(f"--student-config {config} has no model_type",
+                           "pass a config.json of an HF model")
+    else:
+        raise SlmError(f"student config '{config}' is not a catalog name or a JSON file",
+                       "pass e.g. smollm2-135m or config.json")
+    defaults = hf_config(base).to_dict()
+    for key, value in (overrides or {}).items():
+        if key not in defaults:
+            raise SlmError(f"{option} {key}: the {base['model_type']} config has no field "
+                           f"'{key}'", "e.g. num_hidden_layers, hidden_size, "
+                           "intermediate_size, num_attention_heads")
+        old = defaults[key]
+        if isinstance(old, (int, float)) and not isinstance(old, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(old, int) and not isinstance(value, int))):
+            raise SlmError(f"{option} {key}={value!r}: expected {type(old).__name__}, like the "
+                           f"default {old}", f"e.g. {option} {key}={old}")
+        if isinstance(old, (int, float)) and not isinstance(old, bool) and value <= 0:
+            raise SlmError(f"{option} {key}={value}: must be positive")
+    base.update(overrides or {})
+    try:
+        return base, hf_config(base)
+    except Exception as exc:            # transformers' own checks (head dims, ...)
+        why = " ".join(str(exc).split())[:240] or type(exc).__name__
+        raise SlmError(f"{option}: the student config is not valid ({why})",
+                       "check the values given with --set") from None
+
+
 def init_student(teacher, config: str | dict | Path, seed: int = 0, **overrides):
     """A randomly initialised student with the teacher's tokenizer.
 
@@ -555,19 +609,10 @@ def init_student(teacher, config: str | dict | Path, seed: int = 0, **overrides)
     """
     from transformers import AutoModelForCausalLM
 
-    from ..models.catalog import CATALOG, hf_config
+    from ..models.catalog import hf_config
     from ..models.io import SLM, load
+    base, _ = student_config(config, overrides)                # checked before any load
     t = teacher if isinstance(teacher, SLM) else load(teacher)
-    if isinstance(config, dict):
-        base = dict(config)
-    elif str(config) in CATALOG:
-        base = dict(CATALOG[str(config)].config)
-    elif Path(config).is_file():
-        base = json.loads(Path(config).read_text())
-    else:
-        raise SlmError(f"student config '{config}' is not a catalog name or a JSON file",
-                       "pass e.g. smollm2-135m or config.json")
-    base.update(overrides)
     tc = t.model.config
     base.update(vocab_size=tc.vocab_size, bos_token_id=tc.bos_token_id,
                 eos_token_id=tc.eos_token_id, pad_token_id=getattr(tc, "pad_token_id", None))

@@ -2,6 +2,24 @@
 
 A *record* is a dict with one of: ``text``; ``prompt`` + ``response``;
 ``messages`` (chat, a list of ``{role, content}``).
+
+Records are documents, as the user wrote them: a text file (``.txt``, ``.md``,
+``.rst``, ``.html``) is one document (a directory gives one per file), a JSONL
+line or a CSV/Parquet row is one, a built-in corpus has its own units (a pydoc
+topic). Tokenized, every record
+ends in one EOS, and nothing else puts an EOS into the stream: long documents
+run across windows (perplexity) and training blocks (packing) as one text.
+
+Train/validation split (:func:`split`), deterministic and never empty:
+
+- with enough documents (at least ``2 / val_fraction``, 20 at the default 10%),
+  whole documents are held out, chosen by a hash of their id and text;
+- with fewer (one file, a handful of files), each plain-text document is cut at
+  the line break nearest to ``1 - val_fraction`` of its characters: the head
+  trains, the tail is validation. Each piece ends in EOS like any record: in
+  either split the text stops being contiguous there (one boundary per document,
+  at a line break). Prompt/response and chat records are never cut; they are held
+  out whole by the hash.
 """
 from __future__ import annotations
 
@@ -20,11 +38,11 @@ FIELD_SEP = "#"
 
 def with_text_field(spec: str | Path | None, text_field: str | None) -> str | None:
     """A data spec that reads its text from column (or JSONL key) ``text_field``:
-    ``reviews.csv`` and ``body`` -> ``reviews.csv#body``. Built-in corpora are left alone."""
-    if spec is None or not text_field or str(spec) in CORPORA:
+    ``reviews.csv`` and ``body`` -> ``reviews.csv#body``. Built-in corpora and specs that
+    name their own field are left alone."""
+    if spec is None or not text_field or str(spec) in CORPORA or parse_spec(spec)[1]:
         return None if spec is None else str(spec)
-    base, _ = parse_spec(spec)
-    return f"{base}{FIELD_SEP}{text_field}"
+    return f"{spec}{FIELD_SEP}{text_field}"
 
 
 def parse_spec(spec: str | Path) -> tuple[str, str | None]:
@@ -68,23 +86,10 @@ def read_records(spec: str | Path, text_field: str | None = None) -> list[dict]:
         if not files:
             raise SlmError(f"no data files in {path}", f"add files of a known type: "
                            f"{', '.join(SUFFIXES)}")
-        records = [r for f in files for r in _read_file(f, field)]
+        records = [r for f in files for r in read_file(f, field)]
     if not any(record_text(r).strip() for r in records):
         raise SlmError(f"data '{s}' is empty", "give it some text")
     return records
-
-
-def _read_file(path: Path, text_field: str | None = None) -> list[dict]:
-    records = read_file(path, text_field)
-    if path.suffix.lower() not in TEXT_SUFFIXES:
-        return records
-    return [{"text": t, "id": f"{path.name}#{i}"} for r in records
-            for i, t in enumerate(_paragraphs(r["text"]))]
-
-
-def _paragraphs(text: str, target: int = 1500) -> list[str]:
-    from .corpora import _chunks
-    return _chunks(text, target) if text.strip() else []
 
 
 def record_text(rec: dict, tokenizer=None) -> str:
@@ -99,9 +104,36 @@ def record_text(rec: dict, tokenizer=None) -> str:
 
 
 def split(records: list[dict], val_fraction: float = 0.1) -> tuple[list[dict], list[dict]]:
-    """Deterministic train/validation split by a hash of each record's id and text."""
+    """Deterministic train/validation split (see the module docstring for the rule).
+
+    Args:
+        records: documents from :func:`read_records`.
+        val_fraction: share held out, in [0, 1).
+
+    Returns:
+        ``(train, val)``; ``val`` has text whenever ``val_fraction > 0`` and there is
+        more than one document or a plain-text one to cut.
+    """
     if not 0 <= val_fraction < 1:
         raise SlmError(f"val_fraction {val_fraction} must be in [0, 1)")
+    if val_fraction == 0:
+        return list(records), []
+    if len(records) * val_fraction >= 2:
+        return _split_documents(records, val_fraction)
+    train, val, whole = [], [], []
+    for r in records:
+        if "text" in r and (cut := _cut_point(r["text"], 1 - val_fraction)) is not None:
+            rid = r.get("id", "")
+            train.append({**r, "text": r["text"][:cut], "id": rid})
+            val.append({**r, "text": r["text"][cut:], "id": f"{rid}#val"})
+        else:
+            whole.append(r)
+    tr, va = _split_documents(whole, val_fraction)
+    return train + tr, val + va
+
+
+def _split_documents(records: list[dict], val_fraction: float) -> tuple[list[dict], list[dict]]:
+    """Whole documents to validation by a hash of id and text (order-independent)."""
     train, val = [], []
     for r in records:
         key = f"{r.get('id', '')}\x00{record_text(r)}".encode()
@@ -110,6 +142,24 @@ def split(records: list[dict], val_fraction: float = 0.1) -> tuple[list[dict], l
     if val_fraction > 0 and not val and len(train) > 1:
         val.append(train.pop())
     return train, val
+
+
+def _cut_point(text: str, at: float) -> int | None:
+    """Where to cut ``text`` near the fraction ``at`` of its characters: just after the
+    nearest line break (else whitespace, else that character); None when too short."""
+    target = int(len(text) * at)
+    if len(text.strip()) < 2 or not 0 < target < len(text):
+        return None
+    for sep in ("\n", " "):
+        before, after = text.rfind(sep, 0, target), text.find(sep, target)
+        options = [i for i in (before, after) if i > 0]
+        if options:
+            i = min(options, key=lambda i: abs(i - target))
+            while i < len(text) and text[i] == sep:
+                i += 1
+            if text[:i].strip() and text[i:].strip():
+                return i
+    return target if text[:target].strip() and text[target:].strip() else None
 
 
 def load_split(spec: str | Path, which: str = "train", val_fraction: float = 0.1) -> list[dict]:
@@ -132,7 +182,11 @@ def tokenize_records(records: list[dict], tokenizer) -> list[list[int]]:
 
 
 def pack(docs: list[list[int]], block_size: int, drop_last: bool = True) -> torch.Tensor:
-    """Concatenate documents and cut into blocks: (N, block_size) int64."""
+    """Concatenate documents and cut into blocks: (N, block_size) int64.
+
+    A document longer than a block runs on into the next one; the only boundaries
+    in the stream are the documents' own EOS tokens.
+    """
     flat = [t for d in docs for t in d]
     n = len(flat) // block_size
     if n == 0:

@@ -32,6 +32,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import SlmError
+from ..outputs import atomic_write_text
 from .corpora import WORDNET_DIR
 
 OPS = ("sr", "ri", "rs", "rd")
@@ -264,12 +265,13 @@ def eda_text(text: str, op: str, alpha: float, rng: random.Random,
 # ---------------------------------------------------------------- records
 
 TEXT_FIELDS = ("text", "prompt", "response")
+COPY_FIELD = "augmented"           # on a copy: which copy and operation made it, e.g. "eda0-sr"
 
 
 class AugmentConfig(BaseModel):
     """Options of ``slm augment`` (and of an ``augment`` recipe step)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     method: str = Field("eda", description="augmentation method (only 'eda')")
     n: int = Field(4, ge=1, le=64, description="augmented copies per record")
@@ -360,7 +362,7 @@ def augment_records(records: list[dict], cfg: AugmentConfig,
             if new == rec or changed[0] == 0:
                 rep.unchanged_skipped += 1
                 continue
-            new["id"] = f"{rec.get('id', j)}~eda{k}-{op}"
+            new[COPY_FIELD] = f"eda{k}-{op}"          # the user's own fields stay as written
             out.append(new)
             rep.copies[op] += 1
             rep.words_changed[op] += changed[0]
@@ -380,10 +382,24 @@ def write_records(records: list[dict], out: Path) -> None:
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     else:
         body = "\n\n".join(r["text"].strip("\n") for r in records) + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    tmp.replace(out)
+    if not out.parent.is_dir():
+        raise SlmError(f"the directory of {out} does not exist", "create it first")
+    atomic_write_text(out, body)
+
+
+def _records_as_written(data) -> list[dict]:
+    """The records of ``data``; a JSONL file's exactly as written (no ids added)."""
+    from . import iter_jsonl, read_records, validate_record
+    path = Path(str(data)).expanduser()
+    if not (path.is_file() and path.suffix == ".jsonl"):
+        return read_records(data)
+    records = []
+    for n, rec in iter_jsonl(path):
+        validate_record(rec, f"{path}:{n}")
+        records.append(rec)
+    if not records:
+        raise SlmError(f"data '{data}' is empty", "give it some text")
+    return records
 
 
 def run_augment(data: str | Path, out: str | Path, cfg: AugmentConfig) -> dict:
@@ -394,9 +410,8 @@ def run_augment(data: str | Path, out: str | Path, cfg: AugmentConfig) -> dict:
         out: output file (``.jsonl`` keeps every field; ``.txt``/``.md`` for text records).
         cfg: augmentation options.
     """
-    from . import read_records
     t0 = time.time()
-    records = read_records(data)
+    records = _records_as_written(data)
     augmented, rep = augment_records(records, cfg)
     write_records(augmented, Path(out))
     return {"data": str(data), "out": str(out), "config": cfg.model_dump(), **rep.as_dict(),

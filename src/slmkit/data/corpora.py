@@ -1,9 +1,11 @@
 """Built-in corpora that every machine has, with no download.
 
 - ``python-docs``: Python's own reference documentation (``pydoc_data.topics``),
-  cut into sections. The domain text of the default recipe.
+  one document per topic. The domain text of the default recipe.
 - ``wordnet-glosses``: English definitions and usage examples from WordNet
-  (Debian's ``wordnet-base``), a stand-in for general, non-technical text.
+  (Debian's ``wordnet-base``), a stand-in for general, non-technical text. The
+  glosses are unrelated sentences, with no document of their own: a record holds
+  ``per_record`` of them in WordNet's order, like a page of a glossary.
 - ``ko-libreoffice-help``: the Korean help of LibreOffice (Debian's
   ``libreoffice-help-ko``, MPL-2.0), one record per help page: about 700k
   characters of technical-manual prose once tags, scripts, navigation, lines that
@@ -33,26 +35,10 @@ LATIN = re.compile(r"[A-Za-z]")
 
 
 def python_docs() -> list[dict]:
-    """One record per section (between headings) of each pydoc topic."""
+    """One record per pydoc topic (a section of the language reference), as written."""
     from pydoc_data.topics import topics
-    records = []
-    for name in sorted(topics):
-        for i, chunk in enumerate(_chunks(topics[name])):
-            records.append({"text": chunk, "id": f"{name}#{i}"})
-    return records
-
-
-def _chunks(text: str, target: int = 1500) -> list[str]:
-    """Paragraph groups of about ``target`` characters."""
-    out, cur = [], ""
-    for para in re.split(r"\n\s*\n", text.strip()):
-        if cur and len(cur) + len(para) > target:
-            out.append(cur)
-            cur = ""
-        cur = f"{cur}\n\n{para}" if cur else para
-    if cur:
-        out.append(cur)
-    return out
+    return [{"text": topics[name].strip(), "id": name} for name in sorted(topics)
+            if topics[name].strip()]
 
 
 def wordnet_glosses(per_record: int = 20) -> list[dict]:

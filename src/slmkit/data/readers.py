@@ -266,17 +266,50 @@ def table_jsonl(path: Path, text_field: str | None) -> list[dict]:
 def iter_jsonl(path: Path, text: str | None = None):
     """``(line number, object)`` for each non-blank line of a JSONL file.
 
+    The file is read a line at a time; a line longer than ``MAX_LINE_BYTES`` is refused
+    without reading the rest of it.
+
     Raises:
-        SlmError: naming the file and line that is not valid JSON.
+        SlmError: naming the file and line that is not valid JSON, not UTF-8, or too long.
     """
-    text = read_text(path) if text is None else text
-    for n, line in enumerate(text.splitlines(), 1):
+    lines = _lines(path) if text is None else enumerate(text.splitlines(), 1)
+    for n, line in lines:
         if not line.strip():
             continue
         try:
             yield n, json.loads(line)
         except json.JSONDecodeError as exc:
             raise SlmError(f"{path}:{n}: not valid JSON ({exc.msg})", "fix that line") from exc
+        except RecursionError:
+            raise SlmError(f"{path}:{n}: JSON nested too deeply", "fix that line") from None
+
+
+MAX_LINE_BYTES = 64 << 20          # one JSONL record; a longer line is refused
+
+
+def _lines(path: Path):
+    """Numbered lines of a strict UTF-8 file (BOM dropped), each at most
+    ``MAX_LINE_BYTES`` long, read one at a time."""
+    with open(path, "rb") as f:
+        if b"\0" in f.read(SNIFF_BYTES):
+            raise SlmError(f"{path}: looks like a binary file, not text (it has NUL bytes)",
+                           "pass text files, or remove this one from the data directory")
+        f.seek(0)
+        n, offset = 0, 0
+        while raw := f.readline(MAX_LINE_BYTES + 1):
+            n += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise SlmError(f"{path}:{n}: line is longer than {MAX_LINE_BYTES:,} bytes",
+                               "split that record or check the file")
+            start = 3 if n == 1 and raw.startswith(b"\xef\xbb\xbf") else 0
+            try:
+                yield n, raw[start:].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                at = offset + start + exc.start
+                raise SlmError(f"{path}: not UTF-8 text (byte 0x{raw[start + exc.start]:02x} at "
+                               f"offset {at}) on line {n}", f"convert it, e.g. `iconv -f cp949 -t "
+                               f"utf-8 {path.name}`") from None
+            offset += len(raw)
 
 
 def nfc_record(rec: dict) -> dict:

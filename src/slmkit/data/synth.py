@@ -17,13 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..device import Device
 from ..errors import SlmError
+from ..outputs import temp_path
 from . import iter_jsonl
 
 
 class SynthConfig(BaseModel):
     """Options of ``slm synth``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     teacher: str
@@ -52,7 +53,11 @@ def read_prompts(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise SlmError(f"prompts file '{p}' not found", "pass a .txt or .jsonl file")
-    lines = p.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise SlmError(f"prompts file '{p}' is not UTF-8 text (byte {exc.start})",
+                       "convert it to UTF-8") from None
     if p.suffix == ".jsonl":
         out = []
         for n, rec in iter_jsonl(p):
@@ -89,8 +94,7 @@ def run_synth(out: str | Path, cfg: SynthConfig, *, overwrite: bool = False,
         raise SlmError(f"{out} already exists", "choose another --out or pass --force")
     prompts = read_prompts(cfg.prompts)
     engine = open_engine(cfg.teacher, cfg.engine, device=cfg.device)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(out)
     t0, n_tok, kept, dropped = time.time(), 0, 0, 0
     try:
         with open(tmp, "w", encoding="utf-8") as f, progress_bar(

@@ -7,8 +7,6 @@ from typing import Iterator, Protocol
 
 import torch
 
-from ..errors import SlmError
-
 
 @dataclass
 class GenStats:
@@ -33,9 +31,18 @@ class Engine(Protocol):
     def detokenize(self, ids: list[int]) -> str: ...
     def chat_prompt(self, messages: list[dict]) -> str: ...
     def logits(self, ids: list[int]) -> torch.Tensor: ...           # (T, vocab) float32
+    def score_suffixes(self, prefix: list[int],
+                       suffixes: list[list[int]]) -> list[torch.Tensor]: ...
+    def reset_cache(self) -> None: ...        # the next generation reuses no cached prompt
     def token_ids(self, prompt_ids: list[int], max_tokens: int, temperature: float,
                   top_p: float, seed: int | None, stats: GenStats,
                   ignore_eos: bool = False) -> Iterator[int]: ...
+
+
+def token_logprobs(logits: torch.Tensor, targets: list[int]) -> torch.Tensor:
+    """log p(targets[i] | logits[i]): (T, vocab) and T ids -> (T,)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(1, torch.tensor(targets)[:, None])[:, 0]
 
 
 def track(tokens: Iterator[int], stats: GenStats, eos_ids: set[int], max_tokens: int,
@@ -74,49 +81,61 @@ def stream_text(engine: Engine, prompt: str | list[int], *, max_tokens: int = 25
     """Generate text, yielding it piece by piece as tokens arrive.
 
     Stop strings end the stream and are not returned; text that might be the
-    start of a stop string is held back until it is known not to be. The reply
-    ends where the context does (``finish_reason`` "length"); a prompt that
-    fills the context is refused before any work.
+    start of a stop string is held back until it is known not to be.
     """
     stats = stats if stats is not None else GenStats()
     ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
     if not ids:
         ids = engine.tokenize(" ")
-    check_prompt_fits(len(ids), engine.context_length)
-    max_tokens = min(max_tokens, engine.context_length - len(ids))
     stats.prompt_tokens = len(ids)
-    out_ids: list[int] = []
-    emitted = ""
+    text = TextStream(engine.detokenize, stop)
     for tok in engine.token_ids(ids, max_tokens, temperature, top_p, seed, stats, ignore_eos):
-        out_ids.append(tok)
-        text = engine.detokenize(out_ids)
-        if text.endswith("\ufffd"):          # an incomplete UTF-8 sequence: wait
-            continue
-        cut = _find_stop(text, stop)
-        if cut is not None:
+        piece = text.push(tok)
+        if piece:
+            yield piece
+        if text.stopped:
             stats.finish_reason = "stop"
-            if cut > len(emitted):
-                yield text[len(emitted):cut]
             return
-        safe = len(text) - _partial_stop(text, stop)
-        if safe > len(emitted):
-            yield text[len(emitted):safe]
-            emitted = text[:safe]
-    text = engine.detokenize(out_ids)
-    if len(text) > len(emitted):
-        yield text[len(emitted):]
+    piece = text.flush()
+    if piece:
+        yield piece
 
 
-class PromptTooLong(SlmError):
-    """The prompt leaves no room in the context for even one generated token."""
+class TextStream:
+    """Turns generated tokens into text pieces one token at a time, honouring stop strings.
 
+    ``push(tok)`` returns the text that is safe to send now: an incomplete
+    UTF-8 sequence, or a tail that might start a stop string, is held back.
+    Once a stop string appears, ``stopped`` is set and the text before it is
+    the last piece. ``flush()`` returns whatever was held back at the end.
+    """
 
-def check_prompt_fits(n_prompt: int, context: int) -> None:
-    """Raise :class:`PromptTooLong` unless a prompt of ``n_prompt`` tokens leaves room
-    for at least one token in a ``context``-token window."""
-    if n_prompt >= context:
-        raise PromptTooLong(f"the prompt is {n_prompt} tokens and the context holds {context}",
-                            "shorten the prompt or raise --ctx")
+    def __init__(self, detokenize, stop=()):
+        self.detokenize = detokenize
+        self.stop = [s for s in stop if s]
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.stopped = False
+
+    def push(self, tok: int) -> str:
+        self.ids.append(tok)
+        text = self.detokenize(self.ids)
+        if text.endswith("\ufffd"):          # an incomplete UTF-8 sequence: wait
+            return ""
+        cut = _find_stop(text, self.stop)
+        if cut is not None:
+            self.stopped = True
+            return self._advance(text[:cut])
+        return self._advance(text[:len(text) - _partial_stop(text, self.stop)])
+
+    def flush(self) -> str:
+        return "" if self.stopped else self._advance(self.detokenize(self.ids))
+
+    def _advance(self, upto: str) -> str:
+        if len(upto) <= len(self.emitted):
+            return ""
+        piece, self.emitted = upto[len(self.emitted):], upto
+        return piece
 
 
 def _find_stop(text: str, stop) -> int | None:

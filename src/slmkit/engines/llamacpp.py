@@ -9,7 +9,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .base import GenStats, track
+from . import chat_format
+from .base import GenStats, token_logprobs, track
+from .chat_format import end_of_turn_ids
 from .llama_lib import llama_cpp
 
 
@@ -17,7 +19,7 @@ class LlamaCppEngine:
     name = "llama.cpp"
 
     def __init__(self, path: str | Path, n_ctx: int = 2048, n_threads: int | None = None,
-                 logits_all: bool = False, lora_path: str | Path | None = None):
+                 logits_all: bool = False):
         Llama = llama_cpp().Llama
         stat = Path(path).stat() if Path(path).exists() else None
         _check_once(str(path), stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1)
@@ -25,19 +27,11 @@ class LlamaCppEngine:
         # Prompt batches get the same threads: llama-cpp-python's own default for them is
         # every core, which stalls prefill when the CPU is shared.
         threads = n_threads or os.cpu_count()
-        if lora_path is not None:
-            from ..models.io import check_gguf
-            check_gguf(Path(lora_path))
-        self.lora_path = lora_path
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
-                         n_threads_batch=threads, logits_all=logits_all, verbose=False,
-                         lora_path=str(lora_path) if lora_path is not None else None)
+                         n_threads_batch=threads, logits_all=logits_all, verbose=False)
         self.context_length = self.llm.n_ctx()
-        self.eos_ids = {self.llm.token_eos()}
-        eot = self._special_id("<|im_end|>") or self._special_id("<end_of_turn>")
-        if eot is not None:
-            self.eos_ids.add(eot)
-        self._template = self.llm.metadata.get("tokenizer.chat_template")
+        self.eos_ids = {self.llm.token_eos()} | end_of_turn_ids(self._special_id)
+        self._chat = None                     # chosen on first use (it may print a note)
 
     def _special_id(self, text: str) -> int | None:
         ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -50,14 +44,12 @@ class LlamaCppEngine:
         return self.llm.detokenize(ids).decode("utf-8", errors="replace")
 
     def chat_prompt(self, messages: list[dict]) -> str:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-        if not self._template:
-            return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise
-        return env.from_string(self._template).render(
-            messages=messages, add_generation_prompt=True,
-            bos_token=self.detokenize_special(self.llm.token_bos()), eos_token="")
+        if self._chat is None:
+            self._chat = chat_format.choose(
+                self.llm.metadata.get("tokenizer.chat_template"),
+                lambda t: self._special_id(t) is not None, self.path.name,
+                bos=self.detokenize_special(self.llm.token_bos()))
+        return self._chat.render(messages)
 
     def detokenize_special(self, tok: int) -> str:
         return self.llm.detokenize([tok], special=True).decode("utf-8", errors="replace")
@@ -67,6 +59,41 @@ class LlamaCppEngine:
         self.llm.reset()
         self.llm.eval(ids)
         return torch.from_numpy(np.array(self.llm.scores[: len(ids)], dtype=np.float32))
+
+    def score_suffixes(self, prefix: list[int], suffixes: list[list[int]]) -> list[torch.Tensor]:
+        """Log-probability of each suffix token after ``prefix`` (and the suffix before it).
+
+        The prefix is evaluated once; each suffix continues from its KV cache (the
+        cache past the prefix is dropped before the next one). Needs ``logits_all=True``.
+        """
+        p = len(prefix)
+        self.llm.reset()
+        self.llm.eval(prefix)
+        last = torch.from_numpy(np.array(self.llm.scores[p - 1], dtype=np.float32))
+        out = []
+        for s in suffixes:
+            self.llm.n_tokens = p
+            self.llm.eval(s)
+            rows = torch.from_numpy(np.array(self.llm.scores[p: p + len(s) - 1], dtype=np.float32))
+            out.append(token_logprobs(torch.cat([last[None], rows]), s))
+        return out
+
+    def reset_cache(self) -> None:
+        """Forget the previous prompt, so the next generation prefills every prompt token
+        (llama-cpp-python otherwise reuses the KV cache of a shared prefix)."""
+        self.llm.reset()
+
+    def perf(self, reset: bool = False) -> dict:
+        """llama.cpp's own counters for this context (``llama_perf_context``): prompt
+        tokens and milliseconds, generated tokens and milliseconds; ``reset`` zeroes them
+        after reading."""
+        lib = llama_cpp()
+        d = lib.llama_perf_context(self.llm._ctx.ctx)
+        out = {"prompt_tokens": d.n_p_eval, "prompt_ms": d.t_p_eval_ms,
+               "eval_tokens": d.n_eval, "eval_ms": d.t_eval_ms}
+        if reset:
+            lib.llama_perf_context_reset(self.llm._ctx.ctx)
+        return out
 
     def token_ids(self, prompt_ids: list[int], max_tokens: int, temperature: float,
                   top_p: float, seed: int | None, stats: GenStats,
@@ -85,6 +112,3 @@ def _check_once(path: str, size: int, mtime_ns: int) -> None:
     from ..models.io import check_gguf
     check_gguf(Path(path))
 
-
-def _raise(msg):
-    raise ValueError(msg)

@@ -18,35 +18,51 @@ from ..progress import progress_bar
 
 
 def read_task(path: str | Path) -> list[dict]:
-    """Records of a multiple-choice JSONL file, with ``answer`` as an index."""
+    """Records of a multiple-choice JSONL file, with ``answer`` as an index.
+
+    Each line must be a JSON object whose ``question`` is a string, ``choices`` a
+    list of at least two strings and ``answer`` a choice index, letter or text;
+    anything else is an error naming the line.
+    """
     path = Path(path)
-    if not path.exists():
-        raise SlmError(f"task file {path} not found", "pass a JSONL file of "
+    if not path.is_file():
+        raise SlmError(f"--task: file {path} not found", "pass a JSONL file of "
                        "{question, choices, answer} records")
     out = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
+        where = f"{path}:{n}"
         try:
             rec = json.loads(line)
-            q, choices, ans = rec["question"], list(rec["choices"]), rec["answer"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise SlmError(f"{path}:{n}: needs a JSON object with question, choices, answer",
-                           "fix that line") from exc
-        out.append({"question": q, "choices": choices, "answer": _index(ans, choices, f"{path}:{n}")})
+        except json.JSONDecodeError as exc:
+            raise SlmError(f"{where}: not valid JSON ({exc.msg})", "fix that line") from exc
+        if not isinstance(rec, dict) or not {"question", "choices", "answer"} <= rec.keys():
+            raise SlmError(f"{where}: needs a JSON object with question, choices, answer",
+                           "fix that line")
+        q, choices, ans = rec["question"], rec["choices"], rec["answer"]
+        if not isinstance(q, str):
+            raise SlmError(f"{where}: question must be a string, not {type(q).__name__}",
+                           "fix that line")
+        if not isinstance(choices, list) or len(choices) < 2 \
+                or not all(isinstance(c, str) for c in choices):
+            raise SlmError(f"{where}: choices must be a list of at least two strings, "
+                           f"not {json.dumps(choices)[:60]}", "fix that line")
+        out.append({"question": q, "choices": choices, "answer": _index(ans, choices, where)})
     if not out:
         raise SlmError(f"task file {path} has no records", "add {question, choices, answer} lines")
     return out
 
 
 def _index(ans, choices: list[str], where: str) -> int:
-    if isinstance(ans, int) and 0 <= ans < len(choices):
+    if isinstance(ans, int) and not isinstance(ans, bool) and 0 <= ans < len(choices):
         return ans
     if isinstance(ans, str) and ans in choices:
         return choices.index(ans)
     if isinstance(ans, str) and len(ans) == 1 and 0 <= ord(ans.upper()) - 65 < len(choices):
         return ord(ans.upper()) - 65
-    raise SlmError(f"{where}: answer {ans!r} is not a choice index, letter or text")
+    raise SlmError(f"{where}: answer {ans!r} is not a choice index, letter or text",
+                   "fix that line")
 
 
 def choice_loglik(engine, context: str, choice: str) -> float:

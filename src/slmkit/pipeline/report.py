@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+from ..evaluate.compare import change_text, kept_lost, value_text
+
 SAMPLES_FILE = "samples.json"
 METRICS = [("params", "params"), ("bytes", "bytes"), ("ppl", "ppl domain"),
            ("ppl_general", "ppl general"), ("decode_tok_s", "decode tok/s"),
@@ -68,6 +70,7 @@ def comparison(rows: list[dict], original: str, final: str) -> dict:
                    "2x_faster": bool(out["faster_x"] and out["faster_x"] >= 2),
                    "lower_domain_ppl": bool(out["ppl_domain_ratio"]
                                             and out["ppl_domain_ratio"] < 1)}
+    out["kept_lost"] = kept_lost(a, b)
     return out
 
 
@@ -115,6 +118,7 @@ def write_report(build, seconds: float) -> dict:
     report = {
         "recipe": build.recipe.model_dump(mode="json", exclude={"source"}),
         "recipe_file": build.recipe.source, "run_dir": str(build.out),
+        "sizing": build.sizing.as_dict() if build.sizing else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "build_seconds": round(seconds, 1),
         "steps": [{"name": r.name, "step": r.step, "status": r.status, "dir": str(r.dir),
                    "artifact": r.artifact, "seconds": round(r.seconds, 1), "key": r.key}
@@ -170,6 +174,8 @@ def print_summary(report: dict, console) -> None:
         t.caption = "perplexity per token of the base model's tokenizer, same text for every stage"
     console.print(t)
     c = report["comparison"]
+    if c.get("kept_lost"):
+        console.print(kept_lost_table(c))
     if c:
         console.print(f"final '{c['final']}' vs original '{c['original']}': "
                       f"{c['smaller_x']}x smaller, {c['faster_x']}x faster decode, "
@@ -177,6 +183,20 @@ def print_summary(report: dict, console) -> None:
     console.print(f"report: {Path(report['run_dir']) / 'report.html'}", highlight=False)
     for what, cmd in report["commands"].items():
         console.print(f"  {what}: [bold]{cmd}[/]", highlight=False)
+
+
+def kept_lost_table(c: dict):
+    """Original vs final, one figure a row, with the change."""
+    from rich.table import Table
+    t = Table(title=f"what '{c['final']}' kept and lost against '{c['original']}'")
+    for head in ("figure", "original", "final", "change"):
+        t.add_column(head, justify="left" if head == "figure" else "right")
+    for r in c["kept_lost"]:
+        style = "" if r["better"] is None else ("green" if r["better"] else "red")
+        t.add_row(r["what"], value_text(r["key"], r["original"]),
+                  value_text(r["key"], r["final"]),
+                  f"[{style}]{change_text(r)}[/]" if style else change_text(r))
+    return t
 
 
 # ---------------------------------------------------------------- plots
@@ -214,6 +234,29 @@ def scatter_plot(rows: list[dict], ykeys: list[tuple[str, str]], ylabel: str, ti
     ax.grid(alpha=0.3)
     if len(ykeys) > 1:
         ax.legend()
+    return _svg(fig)
+
+
+def kept_lost_plot(c: dict) -> str:
+    """The change of every figure, final against original: better in green, worse in red
+    (relative change in %, benchmark accuracies in points)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = c["kept_lost"]
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(rows) + 1.2))
+    vals = [r["change"] * (1 if r["unit"] == "points" else 100) for r in rows]
+    colors = ["#999" if r["better"] is None else ("#2a2" if r["better"] else "#c33")
+              for r in rows]
+    labels = [f"{r['what']} ({'pts' if r['unit'] == 'points' else '%'})" for r in rows]
+    ax.barh(range(len(rows)), vals, color=colors)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="#333", lw=0.8)
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlabel("change, final vs original (% or accuracy points; symlog)")
+    ax.set_title(f"kept and lost: {c['final']} vs {c['original']}")
+    ax.grid(alpha=0.3, axis="x")
     return _svg(fig)
 
 
@@ -257,6 +300,8 @@ def render_html(report: dict) -> str:
              _html_comparison(report["comparison"]), "<h2>Every stage</h2>",
              _html_stages(rows), _html_steps(report["steps"]), "<h2>Plots</h2>",
              "<div class='plots'>"]
+    if report["comparison"].get("kept_lost"):
+        parts.append(kept_lost_plot(report["comparison"]))
     if rows:
         parts.append(scatter_plot(rows, [("ppl", "held-out domain"), ("ppl_general", "general")],
                                   "perplexity (log scale)", "perplexity vs size", logy=True))
@@ -281,7 +326,25 @@ def _html_comparison(c: dict) -> str:
             f"<b>{html.escape(c['original'])}</b>: {c['smaller_x']}x smaller on disk "
             f"({mark(g['2x_smaller'])} for 2x), {c['faster_x']}x faster decode "
             f"({mark(g['2x_faster'])} for 2x), held-out domain perplexity "
-            f"x{c['ppl_domain_ratio']} ({mark(g['lower_domain_ppl'])} for lower).</p>")
+            f"x{c['ppl_domain_ratio']} ({mark(g['lower_domain_ppl'])} for lower).</p>"
+            + _html_kept_lost(c))
+
+
+def _html_kept_lost(c: dict) -> str:
+    if not c.get("kept_lost"):
+        return ""
+    body = "".join(
+        f"<tr><td>{html.escape(r['what'])}</td>"
+        f"<td class='n'>{value_text(r['key'], r['original'])}</td>"
+        f"<td class='n'>{value_text(r['key'], r['final'])}</td>"
+        f"<td class='n {'' if r['better'] is None else ('ok' if r['better'] else 'no')}'>"
+        f"{change_text(r)}</td></tr>" for r in c["kept_lost"])
+    return ("<h3>What it kept and what it lost</h3><table><tr><th>figure</th>"
+            f"<th>{html.escape(c['original'])}</th><th>{html.escape(c['final'])}</th>"
+            f"<th>change</th></tr>{body}</table><p>Domain perplexity on the held-out split "
+            "of the build's data, general perplexity on the general text; bits per byte do "
+            "not depend on the tokenizer; benchmark accuracies in percent, their change in "
+            "points. Green: the result is better on that figure; red: it lost.</p>")
 
 
 def _html_stages(rows: list[dict]) -> str:

@@ -3,8 +3,9 @@
 Endpoints: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``
 (``stream: true`` answers with server-sent events in OpenAI's chunk format,
 ending ``data: [DONE]``), ``/health``, ``/metrics`` (Prometheus text) and the
-chat page at ``/``. Generation runs in one worker thread (see ``scheduler``);
-the event loop only parses, validates, admits and relays text.
+chat page at ``/``. Generation runs in one worker thread that decodes every
+request holding a slot in one batch (see ``scheduler``); the event loop only
+parses, validates, admits and relays text.
 """
 from __future__ import annotations
 
@@ -19,11 +20,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..engines import open_engine, stream_text
+from ..engines import open_engine
+from ..engines.batching import Feed
+from ..engines.hf_batch import HFBatch
+from ..engines.hf_batch import kv_bytes_per_token as hf_kv_bytes
+from ..engines.llamacpp_batch import LlamaCppBatch
+from ..engines.llamacpp_batch import kv_bytes_per_token as llamacpp_kv_bytes
 from .config import ServeConfig
 from .guard import Guard
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .scheduler import Job, QueueFull, Scheduler, ShuttingDown
+from .sizing import size_slots
 from .schemas import ApiError, ChatRequest, CompletionRequest, parse
 
 CHAT_DEFAULT_MAX = 512          # completion budget of a chat request that names none
@@ -33,43 +40,51 @@ PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-i
 
 
 class ServerState:
-    """Everything one app owns: config, engines, scheduler, metrics, drain flag."""
+    """Everything one app owns: config, batched engine, scheduler, metrics, drain flag."""
 
-    def __init__(self, cfg: ServeConfig, slots: list):
+    def __init__(self, cfg: ServeConfig, slots):
         self.cfg = cfg
         self.model_id = cfg.model_id()
-        self.engine = slots[0]                       # tokenizer and chat template
-        self.ctx = min(cfg.ctx, int(self.engine.context_length))
+        self.engine = slots.engine                   # tokenizer and chat template
+        self.ctx = int(slots.context_length)
         self.vocab = _vocab_size(self.engine)
         self.created = int(time.time())
         self.draining = False
         self.metrics = Metrics(lambda: self.scheduler.queue_depth,
                                lambda: self.scheduler.n_active)
-        self.scheduler = Scheduler(slots, cfg.max_queue, on_first_token=self._first_token)
+        self.scheduler = Scheduler(slots, cfg.max_queue, on_first_token=self._first_token,
+                                   step_tokens=cfg.step_tokens)
 
     def _first_token(self, job: Job) -> None:
         self.metrics.ttft.observe(job.t_first - job.t_submit)
         self.metrics.queue_wait.observe((job.t_start or job.t_first) - job.t_submit)
 
 
-def open_slots(cfg: ServeConfig) -> list:
-    """One engine per concurrent sequence: llama.cpp instances each, a PyTorch model shared.
+def open_slots(cfg: ServeConfig):
+    """The batched engine holding every slot: ``LlamaCppBatch`` for GGUF, else ``HFBatch``.
 
-    Each distinct engine generates one token before the server opens, so the
-    first request to reach a slot does not pay for its buffer allocation.
+    Slots and context per slot come from ``cfg`` or, where it leaves them
+    unset, from the machine's memory (``serve.sizing``). One token is
+    generated before the server opens, so the first request does not pay for
+    buffer allocation.
     """
-    first = open_engine(cfg.model, cfg.engine, n_ctx=cfg.ctx, n_threads=cfg.n_threads,
-                        device=cfg.device, adapter=cfg.adapter)
-    if first.name != "llama.cpp":
-        slots = [first] * cfg.max_concurrency
+    engine = open_engine(cfg.model, cfg.engine, n_ctx=256, n_threads=cfg.n_threads,
+                         device=cfg.device)
+    if engine.name == "llama.cpp":
+        kv, train_ctx = llamacpp_kv_bytes(engine), int(engine.llm._model.n_ctx_train())
     else:
-        slots = [first] + [open_engine(cfg.model, "llama.cpp", n_ctx=cfg.ctx,
-                                       n_threads=cfg.n_threads, adapter=cfg.adapter)
-                           for _ in range(cfg.max_concurrency - 1)]
-    for engine in {id(e): e for e in slots}.values():
-        for _ in stream_text(engine, engine.tokenize("Hello"), max_tokens=1, temperature=0.0):
-            pass
-    return slots
+        kv, train_ctx = hf_kv_bytes(engine), int(engine.context_length)
+    n_slots, ctx = size_slots(kv, cfg.ctx, train_ctx, cfg.max_concurrency)
+    if engine.name == "llama.cpp":
+        batch = LlamaCppBatch(engine, n_slots, ctx, n_batch=max(cfg.step_tokens, n_slots),
+                              n_threads=cfg.n_threads)
+    else:
+        batch = HFBatch(engine, n_slots, ctx)
+    slot, _ = batch.start([0], engine.tokenize("Hello"))
+    batch.set_sampler(slot, 0.0, 1.0, None)
+    batch.decode([Feed(slot, engine.tokenize("Hello"), True)])
+    batch.release(slot)
+    return batch
 
 
 def _vocab_size(engine) -> int:
@@ -79,12 +94,12 @@ def _vocab_size(engine) -> int:
     return int(engine.model.get_input_embeddings().weight.shape[0])
 
 
-def create_app(cfg: ServeConfig, slots: list | None = None) -> FastAPI:
-    """Build the app for ``cfg``, opening the model unless ``slots`` (engines) are given.
+def create_app(cfg: ServeConfig, slots=None) -> FastAPI:
+    """Build the app for ``cfg``, opening the model unless ``slots`` (a batched engine) is given.
 
     Args:
         cfg: server settings.
-        slots: engines to use, one per concurrent sequence (tests pass their own).
+        slots: the batched engine to use (see :func:`open_slots`).
     """
     st = ServerState(cfg, slots if slots is not None else open_slots(cfg))
 

@@ -20,29 +20,33 @@ class ServeConfig(BaseModel):
         port: TCP port (0 picks a free one).
         api_key: bearer key clients must send; defaults to ``$SLM_API_KEY``.
         engine: ``auto`` (llama.cpp for .gguf, else pytorch), ``pytorch``, ``llama.cpp``.
-        max_concurrency: sequences generated at once (one llama.cpp instance each).
+        max_concurrency: slots: sequences decoded together in one batch (None: sized
+            from memory, see ``serve.sizing``).
         max_queue: requests allowed to wait for a slot; beyond that, 429.
-        ctx: context length in tokens (prompt + completion).
+        ctx: context length per slot in tokens, prompt + completion (None: 2048,
+            less if memory is short, capped at the model's training context).
+        step_tokens: most tokens one decode step reads: one per generating sequence,
+            the rest chunks of prompts being read.
         max_tokens: the most tokens one request may ask for.
         max_body_bytes: largest request body accepted (413 beyond).
         shutdown_timeout_s: how long in-flight requests may run on after a stop signal.
         name: model id clients use; defaults to the model's name.
-        n_threads: CPU threads per llama.cpp instance (default: all cores).
+        n_threads: CPU threads for llama.cpp (default: all cores).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
-    adapter: str | None = None             # applied to the model unmerged (slmkit.load)
     model: str
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: str | None = Field(default_factory=lambda: os.environ.get("SLM_API_KEY") or None,
                                 repr=False)
     engine: str = "auto"
-    max_concurrency: int = Field(4, ge=1, le=256)
+    max_concurrency: int | None = Field(None, ge=1, le=256)
     max_queue: int = Field(16, ge=0, le=4096)
-    ctx: int = Field(2048, ge=16)
+    ctx: int | None = Field(None, ge=16)
+    step_tokens: int = Field(256, ge=16, le=8192)
     max_tokens: int = Field(1024, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1024)
     shutdown_timeout_s: float = Field(30.0, ge=0)

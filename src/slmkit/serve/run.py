@@ -61,13 +61,15 @@ def serve(cfg: ServeConfig, on_ready=None) -> None:
 
     Args:
         cfg: server settings; a non-loopback host needs ``cfg.api_key``.
-        on_ready: called with the base URL once the socket is bound and the model loaded.
+        on_ready: called with the base URL, the slot count and the context per slot once
+            the socket is bound and the model loaded.
     """
     check_bind(cfg.host, cfg.api_key)
     server = _server(cfg)
     sock = bind(cfg.host, cfg.port)
     if on_ready:
-        on_ready(_url(cfg.host, sock.getsockname()[1]))
+        st = server.slm_state
+        on_ready(_url(cfg.host, sock.getsockname()[1]), st.scheduler.n_slots, st.ctx)
     server.run(sockets=[sock])
 
 

@@ -46,7 +46,7 @@ DEFAULT_LR = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 3e-5}
 class FinetuneConfig(BaseModel):
     """Options of ``slm finetune`` and of a ``finetune`` recipe step."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     data: str = Field(..., description="file, directory or built-in corpus")

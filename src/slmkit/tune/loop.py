@@ -81,7 +81,7 @@ PARALLEL_HELP = ("with WORLD_SIZE > 1 (torchrun): ddp keeps a full copy of the w
 class TrainConfig(BaseModel):
     """Settings of one training run (optimizer, schedule, batching, checkpoints)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     lr: float = Field(2e-4, gt=0, description="peak learning rate")

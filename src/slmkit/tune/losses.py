@@ -7,7 +7,9 @@ pass. Here the head is applied to ``chunk_tokens`` rows at a time; each chunk's
 loss and its gradients (w.r.t. the hidden states and the head's weights) are
 computed right away inside the forward pass and the chunk's logits are freed,
 so peak memory is O(chunk_tokens x V) instead of O(N x V), and nothing is
-recomputed in the backward pass (it only scales the stored gradients).
+recomputed in the backward pass (it only scales the stored gradients). A chunk
+holds at most ``CHUNK_LOGITS`` logits: 1,024 rows for SmolLM2, 192 for Gemma 3
+(V = 262,144), so a big vocabulary costs no more memory per chunk than a small one.
 
 ``causal_lm_loss(model, batch)`` is the plain next-token cross-entropy used by
 fine-tuning; distillation passes its own per-chunk function to
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 IGNORE_INDEX = -100
+CHUNK_LOGITS = 1024 * 49152      # logits per head chunk: SmolLM2's 1,024 rows, ~100 MB in bf16
 
 # fn(logits (n, V), rows: slice into the N flattened tokens) -> summed loss (scalar); the
 # logits are fp32, or the head's own dtype where ``chunked_head_loss(upcast=False)``
@@ -111,7 +114,8 @@ def chunked_head_loss(h: torch.Tensor, head: nn.Module, fn: ChunkFn,
         head: the output projection (``nn.Linear`` or any module mapping H -> V).
         fn: per-chunk loss; gets the logits (n, V) and the slice of rows of ``h``
             they belong to; returns a scalar SUM over those rows.
-        chunk_tokens: rows per chunk.
+        chunk_tokens: rows per chunk at most (fewer for a vocabulary above 49,152 tokens,
+            see ``chunk_rows``).
         softcap: Gemma-2/3 style final logit soft-cap (``c * tanh(z / c)``).
         upcast: hand ``fn`` fp32 logits; False keeps the head's output dtype (bf16 under
             autocast: half the memory traffic) for a ``fn`` that upcasts where it
@@ -121,8 +125,15 @@ def chunked_head_loss(h: torch.Tensor, head: nn.Module, fn: ChunkFn,
         The scalar sum; differentiable w.r.t. ``h`` and the head's trainable params.
     """
     params = [p for p in head.parameters() if p.requires_grad]
-    return _ChunkedHeadLoss.apply(h, head, fn, max(1, int(chunk_tokens)), softcap, bool(upcast),
-                                  *params)
+    return _ChunkedHeadLoss.apply(h, head, fn, chunk_rows(chunk_tokens, head), softcap,
+                                  bool(upcast), *params)
+
+
+def chunk_rows(chunk_tokens: int, head: nn.Module) -> int:
+    """Rows per chunk: ``chunk_tokens``, fewer where the vocabulary would make a chunk's
+    logits exceed ``CHUNK_LOGITS`` (at least 16)."""
+    vocab = getattr(head, "out_features", None) or getattr(head, "weight").shape[0]
+    return max(1, min(int(chunk_tokens), max(16, CHUNK_LOGITS // int(vocab))))
 
 
 def _softmax_lse(x: torch.Tensor, logs: bool = False):

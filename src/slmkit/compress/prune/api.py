@@ -13,10 +13,12 @@ from typing import Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from ... import units
 from ...device import Device, model_device
 from ...errors import SlmError
 from ...models.arch import decoder_layers, linear_layers
 from ...models.io import SLM, count_params, dir_bytes, load, replace_dir, save
+from ...pipeline_util import OptionError, spell
 from . import depth, magnitude, sparsegpt, vocab, wanda, width
 from .calib import calib_blocks, check_calib
 from .layerwise import layer_sparsity, prune_each, prune_layerwise
@@ -37,7 +39,10 @@ class PruneConfig(BaseModel):
             or vocab (drop the embedding rows of tokens the domain does not use).
         sparsity: fraction of weights to zero in every Linear of every decoder layer, in (0, 1).
         pattern: N:M semi-structured sparsity, e.g. "2:4" (keep 2 of every 4 inputs).
-        target: parameters to keep (depth/width): a fraction in (0, 1) or a count ("70M", 70000000).
+        target: parameters to keep (depth/width). A fraction in (0, 1) is of the decoder
+            layers' parameters, the part depth and width pruning remove (0.6: the layers keep
+            60%; the embedding and output head stay as they are, see the vocab method); a
+            count ("70M", 70000000) is of the whole model, embedding and head included.
         calib: calibration data (built-in corpus, file or directory); its train split is used.
         nsamples: calibration sequences (128 in the Wanda and SparseGPT papers).
         seqlen: tokens per calibration sequence.
@@ -59,7 +64,7 @@ class PruneConfig(BaseModel):
         overwrite: replace an existing output directory.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     method: Literal["magnitude", "wanda", "sparsegpt", "depth", "width", "vocab"] = "sparsegpt"
@@ -81,11 +86,20 @@ class PruneConfig(BaseModel):
     eval_tokens: int = 8192
     overwrite: bool = False
 
-    @field_validator("sparsity")
+    @field_validator("sparsity", mode="before")
     @classmethod
     def _sparsity(cls, v):
-        if v is not None and not 0 < v < 1:
-            raise ValueError(f"sparsity {v} must be between 0 and 1 (exclusive), e.g. 0.5")
+        return None if v is None else units.fraction(v)
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, v):
+        return None if v is None else units.fraction_or_count(v)
+
+    @field_validator("damp", "eval_tokens")
+    @classmethod
+    def _not_negative(cls, v):
+        units.non_negative(v)
         return v
 
     @field_validator("pattern")
@@ -106,27 +120,34 @@ class PruneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _method_options(self):
-        if self.method in UNSTRUCTURED:
+        m = self.method
+        if m in UNSTRUCTURED:
             if self.target is not None:
-                raise ValueError(f"target is for depth/width; {self.method} takes sparsity")
+                raise OptionError("target", f"{{target}} is for depth/width; {m} takes "
+                                  "{sparsity} or {pattern}")
             nm = parse_pattern(self.pattern)
             if nm is None and self.sparsity is None:
-                raise ValueError(f"{self.method} needs sparsity (e.g. 0.5) or pattern (e.g. 2:4)")
+                raise OptionError("sparsity", f"{m} needs {{sparsity}} (e.g. 0.5) or {{pattern}} "
+                                  "(e.g. 2:4)")
             if nm and self.sparsity is not None and abs(self.sparsity - (1 - nm[0] / nm[1])) > 1e-9:
-                raise ValueError(f"sparsity {self.sparsity} contradicts pattern {self.pattern} "
-                                 f"(which means {1 - nm[0] / nm[1]:g}); give only one")
-        elif self.method == VOCAB:
-            if self.target is not None or self.sparsity is not None or self.pattern:
-                raise ValueError("vocab takes vocab_size (tokens to keep), not "
-                                 "target/sparsity/pattern")
+                raise OptionError("sparsity", f"{{sparsity}} {self.sparsity} contradicts "
+                                  f"{{pattern}} {self.pattern} (which means "
+                                  f"{1 - nm[0] / nm[1]:g}); give only one")
+        elif m == VOCAB:
+            for name in ("target", "sparsity", "pattern"):
+                if getattr(self, name) is not None:
+                    raise OptionError(name, "vocab takes {vocab_size} (tokens to keep), not "
+                                      f"{{{name}}}")
             if self.vocab_size is not None and self.vocab_size < 2:
-                raise ValueError(f"vocab_size must be at least 2, got {self.vocab_size}")
+                raise OptionError("vocab_size", f"{{vocab_size}} must be at least 2, got "
+                                  f"{self.vocab_size}")
         else:
             if self.target is None:
-                raise ValueError(f"{self.method} needs target: a fraction of parameters to keep "
-                                 "(e.g. 0.7) or a count (e.g. 90M)")
-            if self.sparsity is not None or self.pattern:
-                raise ValueError(f"{self.method} takes target, not sparsity/pattern")
+                raise OptionError("target", f"{m} needs {{target}}: a fraction of parameters to "
+                                  "keep (e.g. 0.7) or a count (e.g. 90M)")
+            for name in ("sparsity", "pattern"):
+                if getattr(self, name) is not None:
+                    raise OptionError(name, f"{m} takes {{target}}, not {{{name}}}")
         return self
 
     @property
@@ -138,23 +159,44 @@ class PruneConfig(BaseModel):
         return 1 - self.nm[0] / self.nm[1] if self.nm else float(self.sparsity)
 
 
+def decoder_params(model: torch.nn.Module) -> int:
+    """Parameters of the decoder layers (what depth and width pruning can remove)."""
+    from ...models.io import _unique
+    return sum(p.numel() for p in _unique(decoder_layers(model).parameters()))
+
+
+def target_params(target, model: torch.nn.Module) -> int:
+    """The whole model's parameter budget for a depth/width ``target``.
+
+    A fraction applies to the decoder layers only: on a big-vocabulary model (Gemma 3
+    270M: the embedding is 168M of 268M) a fraction of the whole would cut the layers far
+    more than the number says. A count is the whole model's.
+    """
+    total = count_params(model)
+    if _is_fraction(target):
+        layers = decoder_params(model)
+        return total - layers + parse_target(target, layers)
+    return parse_target(target, total)
+
+
+def _is_fraction(target) -> bool:
+    try:
+        value = units.fraction_or_count(target)
+    except ValueError:
+        return False
+    return isinstance(value, float) and 0 < value < 1
+
+
 def parse_target(target, params: int) -> int:
-    """Parameter budget from a fraction (0, 1) or a count (int, "70M", "1.2B", "5e7")."""
-    value = target
-    if isinstance(target, str):
-        s = target.strip().upper()
-        mult = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9}.get(s[-1:], 1)
-        try:
-            value = float(s[:-1] if mult != 1 else s) * mult
-        except ValueError:
-            raise SlmError(f"target '{target}' is not a fraction or a parameter count",
-                           "write e.g. 0.7 or 90M") from None
-    value = float(value)
-    if value <= 0:
-        raise SlmError(f"target {target} must be positive", "write e.g. 0.7 or 90M")
-    n = int(value * params) if value <= 1 else int(value)     # 1.0 means the whole model
+    """Parameter budget from a fraction (0, 1) of ``params`` or a count (int, "70M", "1.2B",
+    "5e7")."""
+    try:
+        value = units.fraction_or_count(target)
+    except ValueError as exc:
+        raise SlmError(f"{spell('target')}: {exc}", "write e.g. 0.7 or 90M") from None
+    n = int(value * params) if isinstance(value, float) else value
     if n >= params:
-        raise SlmError(f"target {target} ({n:,} parameters) is not smaller than the model "
+        raise SlmError(f"{spell('target')} {target} ({n:,} parameters) is not smaller than the model "
                        f"({params:,})", "give a fraction below 1 or a smaller count")
     return n
 
@@ -169,6 +211,27 @@ def check_pattern_fits(model, nm) -> None:
                 raise SlmError(f"N:M pattern {nm[0]}:{nm[1]} does not divide layer {i} {name} "
                                f"({m.in_features} inputs)", f"use an M that divides "
                                f"{m.in_features}")
+
+
+def check_feasible(slm: SLM, cfg: PruneConfig) -> None:
+    """Raise SlmError if the target or vocabulary size cannot be reached on this model (no
+    calibration needed: it depends on shapes and the tokenizer only)."""
+    model = slm.model
+    if cfg.method in STRUCTURED:
+        target = target_params(cfg.target, model)
+        if cfg.method == "depth":
+            depth.layers_for_target(model, target)
+        else:
+            width.plan_sizes(model, target, width.heads_prunable(model))
+    elif cfg.method == VOCAB and cfg.vocab_size is not None:
+        n_vocab, name = model.config.vocab_size, spell("vocab_size")
+        if cfg.vocab_size >= n_vocab:
+            raise SlmError(f"{name} {cfg.vocab_size} is not smaller than the model's "
+                           f"vocabulary ({n_vocab})", f"give a smaller {name}")
+        least = len(vocab.base_tokens(vocab.tokenizer_json(slm.tokenizer)))
+        if cfg.vocab_size < least:
+            raise SlmError(f"{name} {cfg.vocab_size} is below the {least} base and special "
+                           "tokens every text needs", f"give at least {least}")
 
 
 def _open(model, device: str) -> SLM:
@@ -200,7 +263,7 @@ def prune_model(model: torch.nn.Module, ids: torch.Tensor | None, cfg: PruneConf
     """
     tick = (lambda d, t: progress("prune", d, t)) if progress else None
     if cfg.method in STRUCTURED:
-        target = parse_target(cfg.target, count_params(model))
+        target = target_params(cfg.target, model)
         if cfg.method == "depth":
             return depth.prune(model, ids, target, iterative=cfg.iterative,
                                batch_size=cfg.batch_size, progress=tick)
@@ -241,8 +304,8 @@ def run_prune(model, out: str | os.PathLike, cfg: PruneConfig,
     torch_model = slm.model.eval()
     check_pattern_fits(torch_model, cfg.nm)
     params_before = count_params(torch_model)
-    if cfg.method in STRUCTURED:
-        parse_target(cfg.target, params_before)            # fail before any slow work
+    check_feasible(slm, cfg)                               # fail before any slow work
+    target = target_params(cfg.target, torch_model) if cfg.method in STRUCTURED else None
     if cfg.method == VOCAB:
         return _run_vocab(slm, out, cfg, t_start)
     ids = None
@@ -263,6 +326,9 @@ def run_prune(model, out: str | os.PathLike, cfg: PruneConfig,
         "calib_tokens": 0 if ids is None else int(ids.numel()),
         "prune_time_s": prune_time, "structure": structure,
     }
+    if target is not None:
+        report.update(target_params=target, decoder_params=[decoder_params(torch_model),
+                                                            decoder_params(pruned)])
     if cfg.method in UNSTRUCTURED:
         sp = layer_sparsity(pruned)
         report.update(layer_sparsity=sp, sparse_format_bytes=sparse_format_bytes(pruned, cfg.nm),

@@ -17,11 +17,18 @@ in their original order. Text the tokenizer used to encode with a dropped token
 is now encoded with its smaller pieces, so token counts change: compare models
 across tokenizers per original token (``slm eval --reference``), not per own token.
 
-Works for byte-level BPE tokenizers (GPT-2 style: SmolLM2, Qwen2, Llama 3).
+Works for byte-level BPE tokenizers (GPT-2 style: SmolLM2, Qwen2, Llama 3) and for
+SentencePiece-style BPE with byte fallback (Gemma, Llama 2, Mistral). In the latter the
+"alphabet" that keeps every text encodable is the 256 byte tokens ``<0x00>``..``<0xFF>``
+(a character outside the vocabulary is written as its UTF-8 bytes), so single characters
+are kept only when the domain (or the budget of general tokens) uses them, and the
+placeholder tokens ``<unusedN>`` are dropped with the other tokens nothing uses. Tokens
+that are runs of spaces are always kept: llama.cpp matches them whole before merging.
 """
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -43,11 +50,34 @@ def tokenizer_json(tok) -> dict:
                        "vocabulary trimming needs a tokenizer.json-based tokenizer")
     tj = json.loads(backend.to_str())
     model = tj.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise SlmError(f"vocabulary trimming supports byte-level BPE tokenizers; this one is "
-                       f"{model.get('type')} (byte_fallback={model.get('byte_fallback')})",
+    if model.get("type") != "BPE":
+        raise SlmError(f"vocabulary trimming supports BPE tokenizers (byte-level, or with byte "
+                       f"fallback); this one is {model.get('type')}",
                        "use --method width or depth for this model")
     return tj
+
+
+BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
+PLACEHOLDER = re.compile(r"<unused\d+>")
+
+
+def _base_tokens(tj: dict, parents: dict[int, list[int]]) -> list[int]:
+    """Tokens every text needs: the alphabet (bytes) and the special tokens."""
+    vocab: dict[str, int] = tj["model"]["vocab"]
+    added = [t for t in tj.get("added_tokens", []) if not PLACEHOLDER.fullmatch(t["content"])]
+    if tj["model"].get("byte_fallback"):
+        alphabet = [i for t, i in vocab.items() if BYTE_TOKEN.fullmatch(t)]
+        if len(alphabet) < 256:
+            raise SlmError(f"the byte-fallback tokenizer has {len(alphabet)} of the 256 byte "
+                           "tokens", "trim a tokenizer that has <0x00>..<0xFF>")
+        unk = tj["model"].get("unk_token")
+        alphabet += [vocab[unk]] if unk in vocab else []
+        # runs of spaces: llama.cpp matches them whole before merging (Gemma's GGUF marks
+        # them user-defined), so the two tokenizers agree only while all of them stay
+        alphabet += [i for t, i in vocab.items() if len(t) > 1 and not t.strip("\u2581")]
+    else:
+        alphabet = sorted(set(vocab.values()) - set(parents))
+    return sorted(alphabet) + sorted(t["id"] for t in added)
 
 
 def _merge_pairs(tj: dict) -> list[tuple[str, str]]:
@@ -63,6 +93,30 @@ def token_counts(tok, texts) -> Counter:
     return counts
 
 
+def _parents(tj: dict) -> dict[int, list[int]]:
+    """Merged token id -> the ids it is merged from."""
+    vocab: dict[str, int] = tj["model"]["vocab"]
+    parents: dict[int, list[int]] = {}
+    for a, b in _merge_pairs(tj):
+        if a in vocab and b in vocab and a + b in vocab:
+            parents.setdefault(vocab[a + b], []).extend((vocab[a], vocab[b]))
+    return parents
+
+
+def base_tokens(tj: dict) -> set[int]:
+    """Tokens every trimmed vocabulary keeps (the alphabet, the special tokens) with the
+    tokens they are merged from: the least ``vocab_size`` can be."""
+    parents = _parents(tj)
+    keep: set[int] = set()
+    stack = list(_base_tokens(tj, parents))
+    while stack:
+        t = stack.pop()
+        if t not in keep:
+            keep.add(t)
+            stack.extend(parents.get(t, ()))
+    return keep
+
+
 def select_tokens(tj: dict, counts: Counter, vocab_size: int | None = None,
                   min_count: int = 1) -> list[int]:
     """Sorted ids of the tokens to keep (see the module docstring for the rule).
@@ -72,11 +126,8 @@ def select_tokens(tj: dict, counts: Counter, vocab_size: int | None = None,
     each together with the tokens it is merged from, while they fit.
     """
     vocab: dict[str, int] = tj["model"]["vocab"]
-    parents: dict[int, list[int]] = {}
-    for a, b in _merge_pairs(tj):
-        if a in vocab and b in vocab and a + b in vocab:
-            parents.setdefault(vocab[a + b], []).extend((vocab[a], vocab[b]))
-    special = {t["id"] for t in tj.get("added_tokens", [])}
+    parents = _parents(tj)
+    byte_fallback = bool(tj["model"].get("byte_fallback"))
     keep: set[int] = set()
     budget = vocab_size if vocab_size is not None else float("inf")
 
@@ -89,14 +140,18 @@ def select_tokens(tj: dict, counts: Counter, vocab_size: int | None = None,
                 stack.extend(parents.get(t, ()))
         return need
 
-    for i in sorted(set(vocab.values()) - set(parents)) + sorted(special):
+    for i in _base_tokens(tj, parents):
         keep |= closure(i)
     if len(keep) > budget:
         raise SlmError(f"vocab_size {vocab_size} is below the {len(keep)} base and special "
                        "tokens every text needs", f"give at least {len(keep)}")
-    domain = sorted((i for i, n in counts.items() if n >= min_count and i in parents),
+    # byte-level: tokens not made by a merge are the alphabet, already kept; byte fallback:
+    # any token the text uses (single characters too), by frequency
+    added = {t["id"] for t in tj.get("added_tokens", [])}
+    ordinary = set(vocab.values()) - added if byte_fallback else set(parents)
+    domain = sorted((i for i, n in counts.items() if n >= min_count and i in ordinary),
                     key=lambda i: (-counts[i], i))
-    general = sorted(parents) if vocab_size is not None else []
+    general = sorted(ordinary) if vocab_size is not None else []
     for i in domain + general:               # frequent domain tokens, then by merge rank
         if len(keep) >= budget:
             break
@@ -133,16 +188,34 @@ def trim_tokenizer(tok, keep: list[int]):
     tj["model"]["vocab"] = kept
     tj["model"]["merges"] = [m for m, (a, b) in zip(tj["model"]["merges"], _merge_pairs(tj))
                              if a in kept and b in kept and a + b in kept]
-    for t in tj.get("added_tokens", []):
-        t["id"] = new_id[t["id"]]
+    tj["added_tokens"] = [dict(t, id=new_id[t["id"]]) for t in tj.get("added_tokens", [])
+                          if t["id"] in new_id]
     if tj.get("post_processor"):
         tj["post_processor"] = _remap_ids(tj["post_processor"], new_id)
     with tempfile.TemporaryDirectory() as d:
         tok.save_pretrained(d)
         (Path(d) / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
-        for extra in ("vocab.json", "merges.txt"):       # slow-tokenizer files, now stale
+        for extra in ("vocab.json", "merges.txt", "tokenizer.model"):  # slow files, now stale
             (Path(d) / extra).unlink(missing_ok=True)
+        _trim_config(Path(d) / "tokenizer_config.json", {t["content"] for t in tj["added_tokens"]},
+                     new_id)
         return AutoTokenizer.from_pretrained(d)
+
+
+def _trim_config(path: Path, kept: set[str], new_id: dict[int, int]) -> None:
+    """Drop removed added tokens from ``tokenizer_config.json`` (it would add them back)."""
+    if not path.exists():
+        return
+    cfg = json.loads(path.read_text())
+    if "added_tokens_decoder" in cfg:
+        cfg["added_tokens_decoder"] = {str(new_id[int(i)]): t for i, t in
+                                       cfg["added_tokens_decoder"].items()
+                                       if int(i) in new_id and t.get("content") in kept}
+    for key in ("additional_special_tokens", "extra_special_tokens"):
+        v = cfg.get(key)
+        if isinstance(v, list):
+            cfg[key] = [t for t in v if (t if isinstance(t, str) else t.get("content")) in kept]
+    path.write_text(json.dumps(cfg, ensure_ascii=False, indent=2))
 
 
 def _embedding_keys(model: nn.Module) -> list[str]:

@@ -26,7 +26,7 @@ from .qlinear import QUANT_KEY, QuantLinear, dequantize_model, quant_linears, se
 class QuantizeConfig(BaseModel):
     """Options of ``slm quantize`` and of a ``quantize`` recipe step."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     method: Literal["rtn", "gptq"] = "gptq"
