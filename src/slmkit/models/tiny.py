@@ -2,10 +2,10 @@
 
 ``tiny_slm("llama")`` builds a 2-layer model (hidden 64) with a small
 byte-level BPE tokenizer trained on ``python-docs``; it runs every code path
-of the real thing in milliseconds. The Gemma families get a SentencePiece-style
+of the real thing in milliseconds. The Gemma and Mistral families get a SentencePiece-style
 BPE tokenizer with byte fallback instead (``<0x00>``..``<0xFF>``, U+2581 for
 spaces, ``<start_of_turn>``/``<end_of_turn>``, no chat template), as the real
-Gemma models have.
+Gemma and Mistral models have.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 SP_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
-SP_FAMILIES = ("gemma", "gemma3_text")
+SP_FAMILIES = ("gemma", "gemma3_text", "mistral")
 
 # Per-family overrides that make a catalog config tiny.
 _TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -33,6 +33,7 @@ TINY_FAMILIES = {
     "stablelm": ("stablelm-2-1.6b", {"num_key_value_heads": 4}),
     "falcon": ("falcon-7b", {}),
     "mixtral": ("mixtral-8x7b", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "mistral": ("mixtral-8x7b", {"model_type": "mistral"}),    # Mixtral without the experts
 }
 
 
