@@ -86,6 +86,7 @@ def eval_cmd(
     reference: Optional[str] = typer.Option(None, "--reference", help="Model whose tokenizer picks the text and counts its tokens; perplexity is then per reference token, so models with different vocabularies (e.g. after `slm prune --method vocab`) compare."),
     no_speed: bool = typer.Option(False, "--no-speed", help="Skip the speed measurement."),
     no_isolate: bool = typer.Option(False, "--no-isolate", help="Measure all models in this process (peak memory then accumulates)."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter directory (`slm finetune` without --merge) applied to each model, unmerged; an adapter directory given as a model runs on the base it records."),
     device: str = DeviceOpt,
     text_field: Optional[str] = TEXT_FIELD,
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -121,7 +122,7 @@ def eval_cmd(
                               task_seed=seed, engine=engine, max_length=max_length, stride=stride,
                               max_eval_tokens=max_eval_tokens or None, gen_tokens=gen_tokens,
                               speed=not no_speed, isolate=not no_isolate, reference=reference,
-                              device=device,
+                              device=device, adapter=adapter,
                               flags={"speed": "--no-speed", "isolate": "--no-isolate"})
     for spec in models:                    # every model, before the first one is scored
         check_model(spec, option="MODELS", engine=None if engine == "auto" else engine)

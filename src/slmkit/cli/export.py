@@ -20,6 +20,7 @@ def export_cmd(
     parity_tokens: int = typer.Option(256, min=0, help="Held-out tokens for the parity check (0 skips)."),
     parity_text: str = typer.Option("python-docs", help="Text for the parity check (val split)."),
     device: str = DeviceOpt,
+    fp32: bool = typer.Option(False, "--fp32", help="hf: write fp32 weights (default: the model's own dtype, bf16 unless it was made in another)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
     text_field: Optional[str] = TEXT_FIELD,
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -36,7 +37,8 @@ def export_cmd(
     from ..pipeline_util import config_from_options
     from ..progress import progress_bar
     cfg = config_from_options(ExportConfig, format=fmt, type=type_, parity_tokens=parity_tokens,
-                              parity_text=with_text_field(parity_text, text_field), device=device)
+                              parity_text=with_text_field(parity_text, text_field), device=device,
+                              fp32=fp32)
     if fmt == "hf":
         check_output(out, kind="dir", force=force, inputs={"MODEL": model}, make_parents=True)
     else:

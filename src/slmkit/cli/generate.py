@@ -7,8 +7,9 @@ import typer
 
 from ..errors import SlmError
 from ..models.preflight import check_model
-from .app import DeviceOpt, app, print_json
-from .sampling import Ctx, EngineOpt, List, MaxTokens, Optional, Seed, Stop, Temperature, TopP
+from .app import DeviceOpt, app, err_console, print_json
+from .sampling import (AdapterOpt, Ctx, EngineOpt, List, MaxTokens, Optional, Seed, Stop,
+                       Temperature, TopP, cut_note)
 
 
 @app.command("generate")
@@ -19,10 +20,15 @@ def generate_cmd(
     max_tokens: int = MaxTokens, temperature: float = Temperature, top_p: float = TopP,
     seed: Optional[int] = Seed, stop: Optional[List[str]] = Stop, engine: str = EngineOpt,
     ctx: int = Ctx,
+    adapter: Optional[str] = AdapterOpt,
     device: str = DeviceOpt,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (text, usage, timings) at the end."),
 ):
     """Continue a prompt and stream the tokens as they are generated.
+
+    Built-in names and .gguf files run on llama.cpp unless --engine pytorch (or
+    --adapter) says otherwise. A prompt that fills --ctx is refused; a completion
+    that ends on --max-tokens or the context says so on standard error.
 
     Example: slm generate smollm2-135m "def fibonacci(n):" --temperature 0 --max-tokens 64
     """
@@ -32,7 +38,8 @@ def generate_cmd(
         raise SlmError("PROMPT is empty" + (" (nothing on standard input)" if prompt == "-"
                                             else ""), "give some text to continue")
     check_model(model, engine=None if engine == "auto" else engine)
-    eng = open_engine(model, engine, n_ctx=ctx, device=device)
+    eng = open_engine(model, engine, n_ctx=ctx, device=device, adapter=adapter,
+                      builtin_engine="llama.cpp")
     if chat:
         text = eng.chat_prompt([{"role": "user", "content": text}])
     stats = GenStats()
@@ -50,5 +57,8 @@ def generate_cmd(
                     "usage": {"prompt_tokens": stats.prompt_tokens,
                               "completion_tokens": stats.completion_tokens},
                     "ttft_s": stats.ttft_s, "decode_tok_s": decode})
-    else:
-        sys.stdout.write("\n")
+        return
+    sys.stdout.write("\n")
+    note = cut_note(stats, max_tokens, stats.prompt_tokens, eng.context_length)
+    if note:
+        err_console.print(f"[dim]{note}[/]", highlight=False)

@@ -24,5 +24,15 @@ def engine_choice(value: str) -> str:
 
 EngineOpt = typer.Option("auto", "--engine", "-e", parser=engine_choice, help="auto (llama.cpp for .gguf, else pytorch), pytorch or llama.cpp.")
 Ctx = typer.Option(2048, "--ctx", min=16, help="Context size for llama.cpp.")
+AdapterOpt = typer.Option(None, "--adapter", help="A LoRA/DoRA adapter directory (`slm finetune` without --merge) applied to MODEL, its base; runs on PyTorch.")
 
-__all__ = ["Ctx", "EngineOpt", "List", "MaxTokens", "Optional", "Seed", "Stop", "Temperature", "TopP"]
+
+def cut_note(stats, max_tokens: int, n_prompt: int, context: int) -> str | None:
+    """What to tell the user when a reply ended on a limit rather than by itself."""
+    if stats.finish_reason != "length":
+        return None
+    if n_prompt + stats.completion_tokens >= context:
+        return f"(reply cut: the {context}-token context is full; raise --ctx)"
+    return f"(reply cut at --max-tokens {max_tokens})"
+
+__all__ = ["AdapterOpt", "Ctx", "cut_note", "EngineOpt", "List", "MaxTokens", "Optional", "Seed", "Stop", "Temperature", "TopP"]

@@ -31,6 +31,7 @@ def serve_cmd(
     max_tokens: int = typer.Option(1024, help="Most tokens one request may ask for."),
     name: Optional[str] = typer.Option(None, help="Model id clients use (default: from MODEL)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for llama.cpp (default: all cores)."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter directory (`slm finetune` without --merge) applied to MODEL unmerged (PyTorch), or a LoRA .gguf on a .gguf MODEL."),
     device: str = DeviceOpt,
     shutdown_timeout: float = typer.Option(30.0, help="Seconds in-flight requests may finish after Ctrl-C."),
 ):
@@ -50,7 +51,7 @@ def serve_cmd(
                               max_concurrency=max_concurrency, max_queue=max_queue, ctx=ctx,
                               step_tokens=step_tokens, max_tokens=max_tokens, name=name,
                               n_threads=threads, shutdown_timeout_s=shutdown_timeout,
-                              device=device)
+                              device=device, adapter=adapter)
     check_bind(cfg.host, cfg.api_key)          # before the slow model load
     check_model(model, engine=None if engine == "auto" else engine)
     console.print(f"loading [bold]{model}[/]...")

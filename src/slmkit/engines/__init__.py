@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..device import resolve_device
 from ..errors import SlmError
 from .base import Engine, GenStats, generate_text, sample, stream_text
 
@@ -14,7 +15,8 @@ ENGINES = ("auto", "pytorch", "llama.cpp")
 
 
 def open_engine(spec, engine: str = "auto", *, n_ctx: int = 2048, logits_all: bool = False,
-                n_threads: int | None = None, device: str = "auto"):
+                n_threads: int | None = None, device: str = "auto", adapter=None,
+                builtin_engine: str = "pytorch"):
     """An :class:`Engine` for a model spec (name, directory, ``.gguf``) or a loaded SLM.
 
     Args:
@@ -24,6 +26,10 @@ def open_engine(spec, engine: str = "auto", *, n_ctx: int = 2048, logits_all: bo
         logits_all: llama.cpp keeps logits for every position (needed for perplexity).
         n_threads: llama.cpp CPU threads (default: all cores).
         device: where a PyTorch model runs (``slmkit.device``); a loaded SLM stays put.
+        adapter: an adapter directory applied unmerged (PyTorch), or a LoRA ``.gguf``
+            from ``slm export --format gguf-lora`` (llama.cpp, on the base ``.gguf``).
+        builtin_engine: what ``auto`` runs a built-in name on (chat and generate ask
+            for llama.cpp: the same weights, several times faster on a CPU).
     """
     from ..models.io import SLM, builtin_gguf, load
     from .hf import HFEngine
@@ -34,19 +40,29 @@ def open_engine(spec, engine: str = "auto", *, n_ctx: int = 2048, logits_all: bo
             raise SlmError("a model in memory runs on the pytorch engine",
                            "export it to GGUF first (`slm export`)")
         return HFEngine(spec)
+    from ..models.catalog import CATALOG
     s = str(spec)
     is_gguf = s.endswith(".gguf")
+    gguf_lora = adapter is not None and str(adapter).endswith(".gguf")
     if engine == "auto":
-        engine = "llama.cpp" if is_gguf else "pytorch"
+        on_cpp = is_gguf or (s in CATALOG and builtin_engine == "llama.cpp"
+                             and resolve_device(device).type == "cpu")
+        engine = "llama.cpp" if (on_cpp and adapter is None) or gguf_lora else "pytorch"
     if engine == "pytorch":
-        return HFEngine(load(s, device=device))
+        if gguf_lora:
+            raise SlmError(f"--adapter {adapter} is a llama.cpp LoRA", "run it with "
+                           "--engine llama.cpp on the base .gguf, or pass the adapter folder")
+        return HFEngine(load(s, device=device, adapter=adapter))
     from .llamacpp import LlamaCppEngine
+    if adapter is not None and not gguf_lora:
+        raise SlmError(f"llama.cpp applies LoRA adapters as .gguf files, not {adapter}",
+                       f"export it (`slm export {adapter} --format gguf-lora`) or use "
+                       "--engine pytorch")
+    kw = dict(n_ctx=n_ctx, n_threads=n_threads, logits_all=logits_all, lora_path=adapter)
     if is_gguf:
-        return LlamaCppEngine(Path(s), n_ctx=n_ctx, n_threads=n_threads, logits_all=logits_all)
-    from ..models.catalog import CATALOG
+        return LlamaCppEngine(Path(s), **kw)
     if s in CATALOG:
-        return LlamaCppEngine(builtin_gguf(s), n_ctx=n_ctx, n_threads=n_threads,
-                              logits_all=logits_all)
+        return LlamaCppEngine(builtin_gguf(s), **kw)
     raise SlmError(f"the llama.cpp engine needs a .gguf file, not '{s}'",
                    "export it first (`slm export MODEL --format gguf`) or use --engine pytorch")
 

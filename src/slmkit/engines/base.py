@@ -7,6 +7,8 @@ from typing import Iterator, Protocol
 
 import torch
 
+from ..errors import SlmError
+
 
 @dataclass
 class GenStats:
@@ -81,12 +83,16 @@ def stream_text(engine: Engine, prompt: str | list[int], *, max_tokens: int = 25
     """Generate text, yielding it piece by piece as tokens arrive.
 
     Stop strings end the stream and are not returned; text that might be the
-    start of a stop string is held back until it is known not to be.
+    start of a stop string is held back until it is known not to be. The reply
+    ends where the context does (``finish_reason`` "length"); a prompt that
+    fills the context is refused before any work.
     """
     stats = stats if stats is not None else GenStats()
     ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
     if not ids:
         ids = engine.tokenize(" ")
+    check_prompt_fits(len(ids), engine.context_length)
+    max_tokens = min(max_tokens, engine.context_length - len(ids))
     stats.prompt_tokens = len(ids)
     text = TextStream(engine.detokenize, stop)
     for tok in engine.token_ids(ids, max_tokens, temperature, top_p, seed, stats, ignore_eos):
@@ -136,6 +142,18 @@ class TextStream:
             return ""
         piece, self.emitted = upto[len(self.emitted):], upto
         return piece
+
+
+class PromptTooLong(SlmError):
+    """The prompt leaves no room in the context for even one generated token."""
+
+
+def check_prompt_fits(n_prompt: int, context: int) -> None:
+    """Raise :class:`PromptTooLong` unless a prompt of ``n_prompt`` tokens leaves room
+    for at least one token in a ``context``-token window."""
+    if n_prompt >= context:
+        raise PromptTooLong(f"the prompt is {n_prompt} tokens and the context holds {context}",
+                            "shorten the prompt or raise --ctx")
 
 
 def _find_stop(text: str, stop) -> int | None:

@@ -19,7 +19,7 @@ class LlamaCppEngine:
     name = "llama.cpp"
 
     def __init__(self, path: str | Path, n_ctx: int = 2048, n_threads: int | None = None,
-                 logits_all: bool = False):
+                 logits_all: bool = False, lora_path: str | Path | None = None):
         Llama = llama_cpp().Llama
         stat = Path(path).stat() if Path(path).exists() else None
         _check_once(str(path), stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1)
@@ -27,8 +27,13 @@ class LlamaCppEngine:
         # Prompt batches get the same threads: llama-cpp-python's own default for them is
         # every core, which stalls prefill when the CPU is shared.
         threads = n_threads or os.cpu_count()
+        if lora_path is not None:
+            from ..models.io import check_gguf
+            check_gguf(Path(lora_path))
+        self.lora_path = lora_path
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
-                         n_threads_batch=threads, logits_all=logits_all, verbose=False)
+                         n_threads_batch=threads, logits_all=logits_all, verbose=False,
+                         lora_path=str(lora_path) if lora_path is not None else None)
         self.context_length = self.llm.n_ctx()
         self.eos_ids = {self.llm.token_eos()} | end_of_turn_ids(self._special_id)
         self._chat = None                     # chosen on first use (it may print a note)

@@ -38,6 +38,8 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
+    adapter: str | None = Field(None, description="adapter directory applied to every model "
+                                "(unmerged, PyTorch), or a LoRA .gguf for .gguf models")
     data: str = Field("python-docs", description="text for perplexity: corpus name or path")
     split: Literal["auto", "val", "train", "all"] = Field(
         "auto", description="which split of data to score; auto: val for a built-in corpus or "
@@ -216,7 +218,7 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
     # llama.cpp computes every position's logits only when asked to (perplexity needs them,
     # timing must not pay for them): its speed is measured on a plain context
     engine = open_engine(spec, cfg.engine, n_ctx=n_ctx, device=cfg.device,
-                         logits_all=not cfg.speed)
+                         logits_all=not cfg.speed, adapter=cfg.adapter)
     row = {"model": str(spec), "engine": engine.name, "load_s": time.perf_counter() - t0}
     row["params"], row["bytes"] = _model_size(engine, spec)
     ids = engine_tokens(engine, cfg.data, cfg.split, cfg.max_eval_tokens)

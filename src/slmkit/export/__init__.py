@@ -38,6 +38,8 @@ class ExportConfig(BaseModel):
     parity_tokens: int = Field(256, ge=0, description="held-out tokens for the parity check; "
                                "0 = skip")
     parity_text: str = "python-docs"
+    fp32: bool = Field(False, description="hf: write fp32 weights instead of the model's own "
+                       "dtype (bf16 unless it was made in another)")
 
     @field_validator("type")
     @classmethod

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -22,8 +23,10 @@ def export_hf(slm, out: Path, cfg) -> dict:
     plain = SLM(dequantize_model(copy.deepcopy(slm.model)) if n_packed else slm.model,
                 slm.tokenizer, slm.spec, dict(slm.meta), slm.path)
     save(plain, out, step={"step": "export", "config": cfg.model_dump(), "report": {}},
-         overwrite=True)
+         overwrite=True, dtype=torch.float32 if cfg.fp32 else None)
     report = {"format": "hf", "params": count_params(plain.model),
+              "dtype": json.loads((out / "slmkit.json").read_text())["dtype"]
+              if not cfg.fp32 else "float32",
               "bytes_on_disk": dir_bytes(out), "dequantized_layers": n_packed, "path": str(out)}
     if cfg.parity_tokens:
         ids = parity_ids(slm.tokenizer, cfg.parity_tokens, cfg.parity_text)

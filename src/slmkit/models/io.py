@@ -161,18 +161,59 @@ def check_hf_dir(path: Path) -> None:
 # ---------------------------------------------------------------- load
 
 def load(spec: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-         device: str | torch.device | None = None) -> SLM:
+         device: str | torch.device | None = None,
+         adapter: str | os.PathLike | None = None) -> SLM:
     """Load a model from a built-in name, an HF directory, a .gguf file or a cached hub id.
 
     Args:
-        spec: ``smollm2-135m``, ``runs/x/02-prune``, ``model.gguf``, ``org/name``.
+        spec: ``smollm2-135m``, ``runs/x/02-prune``, ``model.gguf``, ``org/name``, or an
+            adapter directory written by ``slm finetune`` (its base, with it applied).
         dtype: parameter dtype of the PyTorch model.
         device: ``auto``, ``cpu``, ``cuda[:N]`` (see ``slmkit.device``); None = the CPU.
+        adapter: a LoRA/DoRA/QLoRA adapter directory to apply to ``spec``, unmerged
+            (checked to have been trained on it).
     """
+    if adapter is None and adapter_dir(spec) is not None:
+        adapter, spec = spec, adapter_base(spec)
     slm = _load(spec, dtype)
+    if adapter is not None:
+        slm = _with_adapter(slm, adapter)
     if device is not None:
         slm.model.to(resolve_device(device))
     return slm
+
+
+def adapter_dir(path: str | os.PathLike) -> Path | None:
+    """The PEFT adapter folder ``path`` is or holds (a ``slm finetune`` output written
+    without ``--merge``), else None."""
+    p = Path(path).expanduser()
+    if (p / "adapter_config.json").is_file():
+        return p
+    if (p / "adapter" / "adapter_config.json").is_file() and not (p / "config.json").exists():
+        return p / "adapter"
+    return None
+
+
+def adapter_base(path: str | os.PathLike) -> str:
+    """The base model spec an adapter folder records (``slm finetune`` writes it)."""
+    d = adapter_dir(path)
+    meta = d / "slmkit-adapter.json" if d else None
+    if meta is None or not meta.is_file():
+        raise SlmError(f"{path} records no base model", "pass the base model and "
+                       f"--adapter {path}, or slmkit.load(BASE, adapter='{path}')")
+    return json.loads(meta.read_text())["base"]
+
+
+def _with_adapter(slm: SLM, adapter: str | os.PathLike) -> SLM:
+    # PEFT and the 4-bit base of QLoRA live with training; imported only when asked for.
+    from ..tune.adapters import apply_adapter
+    d = adapter_dir(adapter)
+    if d is None:
+        raise SlmError(f"{adapter} is not an adapter directory (no adapter_config.json)",
+                       "pass the adapter/ folder written by `slm finetune` without --merge")
+    model = apply_adapter(slm.model, d).eval()
+    meta = {**slm.meta, "adapter": str(d)}
+    return SLM(model, slm.tokenizer, f"{slm.spec}+{d}", meta, slm.path)
 
 
 def _load(spec: str | os.PathLike, dtype: torch.dtype) -> SLM:
@@ -218,6 +259,10 @@ def _load_dir(path: Path, dtype: torch.dtype, spec: str) -> SLM:
     meta_path = path / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {
         "source": str(path), "history": []}
+    if "dtype" not in meta:                      # the checkpoint's own, for save()
+        cfg = json.loads((path / "config.json").read_text())
+        if cfg.get("dtype") or cfg.get("torch_dtype"):
+            meta["dtype"] = cfg.get("dtype") or cfg.get("torch_dtype")
     return SLM(model, tok, spec, meta, path)
 
 
@@ -260,8 +305,9 @@ def _load_builtin(name: str, dtype: torch.dtype) -> SLM:
         gguf_path = builtin_gguf(name)
         slm = _load_gguf(gguf_path, torch.float32, spec=name)
         slm.meta = {"source": f"builtin:{name}", "gguf": str(gguf_path), "history": []}
-        save(slm, cached, overwrite=True)
+        save(slm, cached, overwrite=True, dtype=torch.float32)   # the GGUF's values, exactly
     slm = _load_dir(cached, dtype, spec=name)
+    slm.meta["dtype"] = "bfloat16"                  # what SmolLM2 and Gemma 3 ship in
     slm.meta.setdefault("source", f"builtin:{name}")
     # The cache outlives the environment that filled it: the recorded GGUF (whose
     # tokenizer metadata export copies) may sit in a virtual environment since removed.
@@ -295,7 +341,7 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> SLM:
 # ---------------------------------------------------------------- save
 
 def save(slm: SLM, out_dir: str | os.PathLike, *, step: dict | None = None,
-         overwrite: bool = False) -> Path:
+         overwrite: bool = False, dtype: torch.dtype | None = None) -> Path:
     """Write ``slm`` as an HF directory (safetensors) plus ``slmkit.json``, atomically.
 
     Args:
@@ -304,6 +350,9 @@ def save(slm: SLM, out_dir: str | os.PathLike, *, step: dict | None = None,
         step: a record of what was just done (``{"step": "prune", "config": ..,
             "report": ..}``), appended to the model's history.
         overwrite: replace an existing directory.
+        dtype: float dtype of the saved weights; default :func:`saved_dtype` (the
+            base's own, bf16 unless it was made in another). Packed integer weights
+            and their scales are written as they are.
     """
     out = Path(out_dir)
     if out.exists() and not overwrite:
@@ -313,11 +362,13 @@ def save(slm: SLM, out_dir: str | os.PathLike, *, step: dict | None = None,
     meta["params"] = count_params(slm.model)
     meta["architecture"] = slm.model.config.model_type
     meta["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    dtype = dtype or saved_dtype(slm)
+    meta.setdefault("dtype", str(dtype).removeprefix("torch."))
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        slm.model.save_pretrained(tmp, safe_serialization=True)
+        _save_weights(slm.model, tmp, dtype)
         slm.tokenizer.save_pretrained(tmp)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         replace_dir(tmp, out)
@@ -326,6 +377,31 @@ def save(slm: SLM, out_dir: str | os.PathLike, *, step: dict | None = None,
         raise
     slm.meta = meta
     return out
+
+
+def saved_dtype(slm: SLM) -> torch.dtype:
+    """The dtype ``save`` writes by default: the one the model's lineage records
+    (``dtype`` in slmkit.json, or ``torch_dtype`` in an HF config), else bf16, the
+    dtype small open models ship in."""
+    name = (slm.meta or {}).get("dtype")
+    dt = getattr(torch, str(name), None) if name else None
+    return dt if isinstance(dt, torch.dtype) and dt.is_floating_point else torch.bfloat16
+
+
+def _save_weights(model: torch.nn.Module, out: Path, dtype: torch.dtype) -> None:
+    """``save_pretrained`` with fp32 tensors cast to ``dtype`` (the model in memory keeps
+    its own), and the config saying so, so transformers loads it in that dtype."""
+    cast: dict[int, torch.Tensor] = {}                 # tied tensors stay tied
+    state = {}
+    for k, v in model.state_dict().items():
+        if v.dtype == torch.float32:
+            v = cast.setdefault(v.data_ptr(), v.to(dtype))
+        state[k] = v
+    model.save_pretrained(out, safe_serialization=True, state_dict=state)
+    cfg_path = out / "config.json"                  # it records the model's in-memory dtype
+    cfg = json.loads(cfg_path.read_text())
+    cfg["dtype"] = str(dtype).removeprefix("torch.")
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def replace_dir(src: Path, dst: Path) -> None:

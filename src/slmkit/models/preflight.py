@@ -101,6 +101,9 @@ def _check_model(s: str, option: str, engine: str | None) -> ModelFacts:
         except SlmError as exc:
             raise SlmError(f"{option}: {exc.what}", exc.fix) from None
     elif path.is_dir():
+        from .io import adapter_base, adapter_dir
+        if adapter_dir(path) is not None:            # an adapter: check the base it names
+            return _check_model(adapter_base(path), option, engine)
         try:
             facts = _hf_facts(path)
         except SlmError as exc:

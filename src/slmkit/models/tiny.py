@@ -123,4 +123,6 @@ def tiny_slm(family: str = "llama", seed: int = 0, **overrides) -> SLM:
                       pad_token_id=tok.pad_token_id, **overrides)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg).eval()
-    return SLM(model, tok, f"tiny-{family}", {"source": f"tiny:{family}", "history": []})
+    # made in fp32, and saved so: tests compare logits across save and load
+    return SLM(model, tok, f"tiny-{family}", {"source": f"tiny:{family}", "history": [],
+                                             "dtype": "float32"})

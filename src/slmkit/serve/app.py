@@ -69,7 +69,7 @@ def open_slots(cfg: ServeConfig):
     buffer allocation.
     """
     engine = open_engine(cfg.model, cfg.engine, n_ctx=256, n_threads=cfg.n_threads,
-                         device=cfg.device)
+                         device=cfg.device, adapter=cfg.adapter)
     if engine.name == "llama.cpp":
         kv, train_ctx = llamacpp_kv_bytes(engine), int(engine.llm._model.n_ctx_train())
     else:

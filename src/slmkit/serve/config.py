@@ -37,6 +37,7 @@ class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
+    adapter: str | None = None             # applied to the model unmerged (slmkit.load)
     model: str
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

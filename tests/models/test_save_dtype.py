@@ -1,0 +1,60 @@
+"""slmkit.save and `slm export --format hf` write the model's own dtype (bf16 by default),
+and transformers reads such a directory back to the same logits within bf16 rounding."""
+import json
+
+import torch
+from safetensors import safe_open
+
+import slmkit
+from slmkit.export import ExportConfig, run_export
+from slmkit.models.io import SLM, saved_dtype
+from slmkit.models.tiny import tiny_slm
+
+X = torch.randint(3, 500, (1, 32), generator=torch.Generator().manual_seed(0))
+
+
+def _dtypes(d):
+    with safe_open(str(d / "model.safetensors"), "pt") as f:
+        return {f.get_slice(k).get_dtype() for k in f.keys()}
+
+
+def _plain(seed=0):
+    """A model whose lineage records no dtype (as one read from a GGUF)."""
+    t = tiny_slm("llama", seed=seed)
+    return SLM(t.model, t.tokenizer, "m", {"source": "test", "history": []})
+
+
+def test_save_writes_bf16_and_transformers_agrees(tmp_path):
+    from transformers import AutoModelForCausalLM
+    slm = _plain()
+    assert saved_dtype(slm) == torch.bfloat16
+    d = slmkit.save(slm, tmp_path / "bf16")
+    f32 = slmkit.save(slm, tmp_path / "f32", dtype=torch.float32)
+    assert _dtypes(d) == {"BF16"} and _dtypes(f32) == {"F32"}
+    size = lambda p: (p / "model.safetensors").stat().st_size  # noqa: E731
+    assert size(d) < 0.55 * size(f32)
+    assert json.loads((d / "slmkit.json").read_text())["dtype"] == "bfloat16"
+    assert next(slm.model.parameters()).dtype == torch.float32          # memory untouched
+    assert json.loads((d / "config.json").read_text())["dtype"] == "bfloat16"
+    hf = AutoModelForCausalLM.from_pretrained(d, dtype="auto").eval()
+    assert next(hf.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        ref = slm.model(X).logits.float()
+        got = hf(X).logits.float()
+        again = slmkit.load(d).model(X).logits
+    scale = ref.abs().max()
+    assert (got - ref).abs().max() < 0.05 * scale                       # bf16 rounding
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+    assert torch.allclose(again, hf.float()(X).logits, atol=1e-5)       # the same bf16 weights
+    # the lineage keeps its dtype: a model loaded from the bf16 directory saves bf16 again
+    assert _dtypes(slmkit.save(slmkit.load(d), tmp_path / "again")) == {"BF16"}
+
+
+def test_fp32_lineage_and_export_flag(tmp_path):
+    assert _dtypes(slmkit.save(tiny_slm("llama"), tmp_path / "tiny")) == {"F32"}
+    rep = run_export(_plain(), tmp_path / "hf", ExportConfig(format="hf", parity_tokens=24))
+    assert rep["dtype"] == "bfloat16" and _dtypes(tmp_path / "hf") == {"BF16"}
+    assert rep["parity"]["argmax_agreement"] >= 0.9
+    rep = run_export(_plain(), tmp_path / "hf32",
+                     ExportConfig(format="hf", parity_tokens=24, fp32=True))
+    assert _dtypes(tmp_path / "hf32") == {"F32"} and rep["parity"]["argmax_agreement"] == 1.0
