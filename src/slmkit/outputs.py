@@ -63,6 +63,19 @@ def stale_temps(out: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
+def clean_stale_in(directory: str | os.PathLike) -> list[Path]:
+    """Remove every temporary a killed process left in ``directory``."""
+    d = Path(directory)
+    found = []
+    if d.is_dir():
+        for p in d.iterdir():
+            m = _TEMP.match(p.name)
+            if m and not _alive(int(m["pid"])):
+                found.append(p)
+                remove(p)
+    return found
+
+
 def clean_stale(out: str | os.PathLike) -> list[Path]:
     """Remove the temporaries a killed run left next to ``out``; returns what it removed."""
     removed = stale_temps(out)

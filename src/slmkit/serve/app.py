@@ -35,6 +35,8 @@ from .schemas import ApiError, ChatRequest, CompletionRequest, parse
 
 CHAT_DEFAULT_MAX = 512          # completion budget of a chat request that names none
 COMPLETION_DEFAULT_MAX = 16     # OpenAI's default for /v1/completions
+KEY_FIELD_HIDDEN, KEY_FIELD_SHOWN = '<label id="key-label" hidden>', '<label id="key-label">'
+RETRY_AFTER_S = 1               # what a 429 tells the client to wait
 PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
             "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'")
 
@@ -121,7 +123,7 @@ def create_app(cfg: ServeConfig, slots=None) -> FastAPI:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -136,6 +138,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _add_routes(app: FastAPI, st: ServerState) -> None:
     page = files("slmkit.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    if st.cfg.api_key:                       # the key field shows only where a key is needed
+        page = page.replace(KEY_FIELD_HIDDEN, KEY_FIELD_SHOWN)
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -193,8 +197,16 @@ def _model_card(st: ServerState) -> dict:
 async def _json(request: Request):
     raw = await request.body()
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"the request body is not UTF-8 (byte {exc.start})") from None
+    try:
+        body = json.loads(text)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")    # no lone surrogates
+        return body
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request body holds an unpaired surrogate escape") from None
+    except ValueError:
         raise ApiError(400, "the request body is not valid JSON") from None
     except RecursionError:
         raise ApiError(400, "the request body is nested too deeply") from None
@@ -244,10 +256,11 @@ async def _run(request: Request, st: ServerState, req, ids: list[int], budget: i
         st.scheduler.submit(job)
     except QueueFull:
         raise ApiError(429, "the server is at capacity (all slots busy and the queue full); "
-                       "retry shortly", code="rate_limit_exceeded",
-                       type="rate_limit_error") from None
+                       "retry shortly", code="rate_limit_exceeded", type="rate_limit_error",
+                       headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     except ShuttingDown:
         raise ApiError(503, "the server is shutting down", type="server_error") from None
+    request.state.job = job                   # the access log reads its token counts
     endpoint = request.url.path
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     if req.stream:

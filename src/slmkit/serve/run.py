@@ -7,7 +7,9 @@ requests already in flight run to completion for up to
 """
 from __future__ import annotations
 
+import logging
 import socket
+import sys
 import threading
 import time
 
@@ -65,12 +67,24 @@ def serve(cfg: ServeConfig, on_ready=None) -> None:
             the socket is bound and the model loaded.
     """
     check_bind(cfg.host, cfg.api_key)
+    log_access_to_stderr()
     server = _server(cfg)
     sock = bind(cfg.host, cfg.port)
     if on_ready:
         st = server.slm_state
         on_ready(_url(cfg.host, sock.getsockname()[1]), st.scheduler.n_slots, st.ctx)
     server.run(sockets=[sock])
+
+
+def log_access_to_stderr() -> None:
+    """One line per request on stderr (see ``guard``): no prompt text, ever."""
+    log = logging.getLogger("slmkit.access")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 class BackgroundServer:

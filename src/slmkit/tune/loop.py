@@ -58,6 +58,7 @@ from torch import nn
 from ..device import Device
 from ..device import autocast_type, model_device, resolve_device, to_device
 from ..errors import SlmError
+from ..outputs import clean_stale_in, disk_full, remove, temp_path
 from .attention import blocked_attention_for
 from .heap import reuse_heap
 from .schedule import lr_factor
@@ -438,15 +439,39 @@ def save_checkpoint(work_dir: Path, params, optim, state: dict, rngs: list) -> P
     they gather the shards, so rank 0 holds only one of the two in full at a time); only
     rank 0 writes. Returns the checkpoint directory (None on other ranks).
     """
-    from safetensors.torch import save_file
     main = is_main()
     root = Path(work_dir) / CKPT_DIR
     final = root / f"step-{state['step']:07d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    tmp = temp_path(final)
     if main:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        clean_stale_in(root)                  # what a killed run left half-written
+        remove(tmp)
         tmp.mkdir()
+    try:
+        _write_checkpoint(tmp, main, params, optim, state, rngs)
+    except OSError as exc:
+        remove(tmp)
+        if not disk_full(exc):
+            raise
+        done = checkpoint_dirs(work_dir)
+        kept = f"the previous checkpoint {done[-1]} is intact" if done else \
+            "there is no earlier checkpoint"
+        raise SlmError(f"no space left on the device while writing checkpoint {final.name} "
+                       f"in {root}; nothing of it was kept and {kept}",
+                       "free some space and run the same command again to resume") from None
+    if not main:
+        return None
+    remove(final)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(work_dir)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(tmp: Path, main: bool, params, optim, state: dict, rngs: list) -> None:
+    """The checkpoint's files into ``tmp`` (rank 0 writes; every rank gathers)."""
+    from safetensors.torch import save_file
     tensors = params() if callable(params) else params
     if main:
         save_file({n: p.detach().contiguous() for n, p in tensors.items()},
@@ -454,15 +479,10 @@ def save_checkpoint(work_dir: Path, params, optim, state: dict, rngs: list) -> P
     del tensors
     blob = {"optimizer": optim() if callable(optim) else optim, "rng": rngs}
     if not main:
-        return None
+        return
     torch.save(blob, tmp / "trainer.pt")
     del blob
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in checkpoint_dirs(work_dir)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def load_checkpoint(path: Path, params: dict, opt, cfg: TrainConfig, rank: int,

@@ -196,8 +196,8 @@ def parse_target(target, params: int) -> int:
         raise SlmError(f"{spell('target')}: {exc}", "write e.g. 0.7 or 90M") from None
     n = int(value * params) if isinstance(value, float) else value
     if n >= params:
-        raise SlmError(f"{spell('target')} {target} ({n:,} parameters) is not smaller than the model "
-                       f"({params:,})", "give a fraction below 1 or a smaller count")
+        raise SlmError(f"{spell('target')} {target} ({n:,} parameters) is not smaller than "
+                       f"the model ({params:,})", "give a fraction below 1 or a smaller count")
     return n
 
 
