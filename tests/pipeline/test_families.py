@@ -1,0 +1,25 @@
+"""The tiny recipe's steps on a tiny random model of every family in the architecture table."""
+import json
+
+import pytest
+
+from slmkit.pipeline.build import Build
+from slmkit.pipeline.recipe import load_recipe
+
+RUNS = ["llama", "qwen2"]
+
+
+@pytest.mark.parametrize("family", RUNS)
+def test_tiny_recipe_runs_on_every_family(family, tmp_path):
+    recipe = load_recipe("tiny", overrides={"base": f"tiny:{family}"})
+    report = Build(recipe, tmp_path / family).run()
+    export = [json.loads(p.read_text()) for p in (tmp_path / family).glob("*-export/*.json")]
+    export = next(r for r in export if "llamacpp_load" in r)
+    assert export["llamacpp_load"]["ok"]
+    assert export["parity"]["tokenizer_match"]
+    assert export["parity"]["argmax_agreement"] >= 0.9, export["parity"]
+    rows = {r["stage"]: r for r in report["stages"]}
+    assert list(rows) == ["base", "finetune", "vocab", "prune", "distill", "quantize", "export"]
+    assert rows["prune"]["params"] < rows["vocab"]["params"]
+    assert rows["export"]["engine"] == "llama.cpp" and 1 < rows["export"]["ppl"] < 1e4
+
