@@ -12,7 +12,7 @@ lines: one document), its first ``--tokens`` tokens, windows of 512:
   ``cmake -B build vendor/llama.cpp -DGGML_NATIVE=OFF && cmake --build build
   --target llama-perplexity``).
 
-    /work/bin/cpu .venv/bin/python bench/perplexity_fidelity.py [--tokens 10240] \\
+    .venv/bin/python bench/perplexity_fidelity.py [--tokens 10240] \\
         [--llama-perplexity build/bin/llama-perplexity] [--json out.json]
 """
 from __future__ import annotations

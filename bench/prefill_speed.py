@@ -8,7 +8,7 @@ their milliseconds), and the warm run the old code timed (the same prompt again
 without forgetting: llama-cpp-python reuses the KV cache and evaluates one
 token). The PyTorch engine's cold figures beside them.
 
-    /work/bin/quiet .venv/bin/python bench/prefill_speed.py [--rounds 3]
+    .venv/bin/python bench/prefill_speed.py [--rounds 3]
 """
 from __future__ import annotations
 

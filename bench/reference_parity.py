@@ -31,8 +31,8 @@ slmkit runs the functions ``slm prune`` and ``slm quantize`` call (``prune_model
 quantized by either side, is scored by the same function on the same held-out text:
 ``--eval-tokens`` of python-docs' val split, window 512, stride 256, as ``slm eval`` does.
 
-    /work/bin/cpu .venv/bin/python bench/reference_parity.py --sparsegpt /work/peers/sparsegpt \\
-        --wanda /work/peers/wanda --gptq /work/peers/gptq --nsamples 32 --seqlen 512
+    .venv/bin/python bench/reference_parity.py --sparsegpt ../peers/sparsegpt \\
+        --wanda ../peers/wanda --gptq ../peers/gptq --nsamples 32 --seqlen 512
 
 Results go to ``--out`` (JSON) as each run ends; a run already there is not repeated.
 """

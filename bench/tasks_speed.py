@@ -7,7 +7,7 @@ lm-evaluation-harness-style loop without its batching would. Both give the same
 scores (tests/evaluate/test_tasks.py); this prints the time of each, side by side,
 on the same questions, and the accuracies (which must agree).
 
-    /work/bin/quiet python bench/tasks_speed.py --task arc_easy                  # all 2,376
+    .venv/bin/python bench/tasks_speed.py --task arc_easy                  # all 2,376
     python bench/tasks_speed.py --task arc_easy --limit 300 --engine pytorch
 """
 from __future__ import annotations
