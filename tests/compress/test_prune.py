@@ -146,7 +146,7 @@ def test_width_equals_masked_original_and_reloads(family, calib, tmp_path):
         assert info["heads"][1] < info["heads"][0]
     x = calib[:2]
     out = _logits(pruned, x)
-    slmkit.save(slmkit.SLM(pruned, slm.tokenizer, "t"), tmp_path / "w")
+    slmkit.save(slmkit.SLM(pruned, slm.tokenizer, "t"), tmp_path / "w", dtype=torch.float32)
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "w").eval()
     torch.testing.assert_close(_logits(again, x), out, rtol=0, atol=0)
 
