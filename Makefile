@@ -14,13 +14,16 @@ KO_LAW  := $(CORPORA)/konlpy
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast sysdeps corpora venv clean bench
+.PHONY: demo test test-slow test-fast sysdeps corpora venv clean bench
 
 demo: $(STAMP) sysdeps corpora
 	$(BIN)/slm build
 
 test: $(STAMP) sysdeps corpora
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP) sysdeps corpora
+	$(BIN)/python -m pytest -q -m slow
 
 test-fast: $(STAMP) corpora
 	$(BIN)/python -m pytest -q -m "not real and not browser"

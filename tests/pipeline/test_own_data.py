@@ -112,6 +112,7 @@ def test_tiny_build_on_own_files(tmp_path, docs):
 
 
 @pytest.mark.real
+@pytest.mark.slow
 @pytest.mark.parametrize("base", ["smollm2-135m", "gemma3-270m"])
 def test_quick_build_on_own_files(tmp_path, docs, base):
     """`slm build --data DIR --base MODEL --quick` from a fresh run directory, end to end."""
