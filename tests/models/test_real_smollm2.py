@@ -13,7 +13,9 @@ from slmkit.engines import generate_text, open_engine
 from slmkit.evaluate import engine_tokens, perplexity
 
 pytestmark = pytest.mark.real
-BAND = (13.5, 15.5)
+# first 1024 val tokens, window 512, stride 256, with whole pydoc topics held out (one document
+# each): measured 15.71 (PyTorch) and 15.76 (llama.cpp, Q4_1)
+BAND = (14.7, 16.7)
 
 
 @pytest.fixture(scope="module")

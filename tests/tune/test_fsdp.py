@@ -223,7 +223,9 @@ def test_fsdp_refuses_adapters():
 @pytest.mark.parametrize("command", ["distill", "finetune"])
 def test_cli_explains_fsdp(command, capsys):
     from slmkit.cli import main
-    with pytest.raises(SystemExit):
-        main([command, "--help"])
+    try:
+        main([command, "--help"])                  # --help returns 0 rather than exiting
+    except SystemExit as exc:
+        assert exc.code in (0, None)
     text = capsys.readouterr().out
     assert "--fsdp" in text and "~1/K" in text
