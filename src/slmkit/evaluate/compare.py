@@ -74,6 +74,8 @@ def value_text(key: str, v) -> str:
     """A figure as people read it."""
     if v is None:
         return "-"
+    if not isinstance(v, (int, float)):
+        return str(v)
     if key == "params":
         return f"{v / 1e6:.1f}M"
     if key in ("bytes", "peak_rss"):
@@ -82,6 +84,8 @@ def value_text(key: str, v) -> str:
         return f"{v * 100:.1f}"
     if key.endswith("_bpb"):
         return f"{v:.4f}"
+    if key == "tokens_per_char":
+        return f"{v:.3f}"
     if key == "ttft_s":
         return f"{v:.3f}"
     if key.endswith("tok_s"):

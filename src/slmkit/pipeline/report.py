@@ -145,19 +145,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def fmt(key: str, v) -> str:
     """A figure as people read it: 134.5M params, 98.4 MB, 12.31 ppl, 126 tok/s."""
-    if v is None:
-        return "-"
-    if key == "params":
-        return f"{v / 1e6:.1f}M"
-    if key in ("bytes", "peak_rss"):
-        return f"{v / 1e6:.1f} MB"
-    if key.startswith("ppl"):
-        return f"{v:.2f}"
-    if key.endswith("tok_s"):
-        return f"{v:.1f}"
-    if key == "tokens_per_char":
-        return f"{v:.3f}"
-    return str(v)
+    return value_text(key, v)
 
 
 def print_summary(report: dict, console) -> None:
