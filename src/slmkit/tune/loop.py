@@ -58,9 +58,13 @@ from torch import nn
 from ..device import Device
 from ..device import autocast_type, model_device, resolve_device, to_device
 from ..errors import SlmError
+from ..models.arch import all_decoder_layers
+from ..models.io import count_params
 from ..outputs import clean_stale_in, disk_full, remove, temp_path
 from .attention import blocked_attention_for
+from .fsdp import Sharded
 from .heap import reuse_heap
+from .losses import compiled_ce
 from .schedule import lr_factor
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
@@ -321,24 +325,9 @@ def enable_grad_checkpointing(model: nn.Module) -> int:
     return n
 
 
-def all_decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The decoder layers of every HF CausalLM inside ``model`` (a PEFT model, or a
-    wrapper holding a student), found through the architecture table."""
-    from transformers import PreTrainedModel
-
-    from ..models.arch import ARCHS, decoder_layers
-    found = []
-    for m in model.modules():
-        if (isinstance(m, PreTrainedModel) and getattr(m.config, "model_type", None) in ARCHS
-                and m.get_output_embeddings() is not None):       # the CausalLM, not its backbone
-            found.extend(decoder_layers(m))
-    return found
-
-
 def should_compile(model: nn.Module, cfg: "TrainConfig") -> bool:
     if cfg.compile is not None:
         return cfg.compile
-    from ..models.io import count_params
     return (count_params(model) >= COMPILE_MIN_PARAMS
             and cfg.max_steps * cfg.grad_accum >= COMPILE_MIN_STEPS)
 
@@ -357,7 +346,6 @@ def compiled_layers(model: nn.Module, enabled: bool):
         return
     import torch._dynamo
 
-    from .losses import compiled_ce
     suppress = torch._dynamo.config.suppress_errors
     torch._dynamo.config.suppress_errors = True
     for layer in layers:
@@ -725,7 +713,6 @@ def _setup(model, loss_fn, cfg, world, fsdp):
     model.train()
     if not fsdp:
         return params, None, partial(loss_fn, model)
-    from .fsdp import Sharded
     sharded = Sharded(model, world)
     return sharded.trainable(), sharded, partial(sharded, loss_fn)
 
