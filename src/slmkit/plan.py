@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import SlmError
+from .outputs import atomic_write_text
 
 # Fitted on this 2-core machine against llama.cpp decode of GGUF files (bench/build.py plan --fit).
 EFFICIENCY = 0.9                 # memory floor: the best fraction of the probed bandwidth reached
@@ -186,9 +187,7 @@ def load_probe(reprobe: bool = False, path: Path | None = None) -> Probe:
         except (TypeError, ValueError):
             pass                                        # stale format: measure again
     probe = probe_machine()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(probe), indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(asdict(probe), indent=2))
     return probe
 
 

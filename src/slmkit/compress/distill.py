@@ -56,6 +56,7 @@ from torch import nn
 
 from ..device import Device, autocast_type, model_device
 from ..errors import SlmError
+from ..outputs import refuse_existing
 from ..models.io import count_params
 from ..pipeline_util import OptionError
 from ..tune.losses import (IGNORE_INDEX, backbone_and_head, chunked_head_loss, fused_ce_kl,
@@ -736,8 +737,7 @@ def build_module(cfg: DistillConfig, student: nn.Module, teacher: nn.Module | No
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    refuse_existing(out, overwrite)
 
 
 def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..device import Device, autocast_type, model_device, to_device
 from ..errors import SlmError
+from ..outputs import refuse_existing
 from ..paths import peak_rss
 from ..models.io import SLM, dir_bytes, load, replace_dir, save
 from . import adapters
@@ -264,8 +265,7 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
     """
     from .loop import dist_setup, is_main, train
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    refuse_existing(out, overwrite)
     t0 = time.time()
     _, world = dist_setup()
     slm = _load(model)
