@@ -60,6 +60,7 @@ from ..errors import OptionError, SlmError
 from ..evaluate.perplexity import engine_tokens, model_engine, perplexity, step_window
 from ..models.catalog import CATALOG, hf_config
 from ..models.io import SLM, builtin_gguf, count_params, dir_bytes, load, replace_dir, save
+from ..outputs import refuse_existing
 from ..progress import progress_bar
 from ..tune.loop import TrainConfig, dist_setup, frozen_weights_in_bf16, is_main, train
 from ..tune.losses import (IGNORE_INDEX, backbone_and_head, chunked_head_loss, fused_ce_kl,
@@ -563,11 +564,9 @@ def student_config(config: str | dict | Path, overrides: dict | None = None,
                            f"'{key}'", "e.g. num_hidden_layers, hidden_size, "
                            "intermediate_size, num_attention_heads")
         old = defaults[key]
-        if isinstance(old, (int, float)) and not isinstance(old, bool) and (
-                isinstance(value, bool) or not isinstance(value, (int, float))
-                or (isinstance(old, int) and not isinstance(value, int))):
+        if not _same_type(old, value):
             raise SlmError(f"{option} {key}={value!r}: expected {type(old).__name__}, like the "
-                           f"default {old}", f"e.g. {option} {key}={old}")
+                           f"default {json.dumps(old)}", f"e.g. {option} {key}={json.dumps(old)}")
         if isinstance(old, (int, float)) and not isinstance(old, bool) and value <= 0:
             raise SlmError(f"{option} {key}={value}: must be positive")
     base.update(overrides or {})
@@ -577,6 +576,17 @@ def student_config(config: str | dict | Path, overrides: dict | None = None,
         why = " ".join(str(exc).split())[:240] or type(exc).__name__
         raise SlmError(f"{option}: the student config is not valid ({why})",
                        "check the values given with --set") from None
+
+
+def _same_type(old, value) -> bool:
+    """Whether ``value`` may replace the config value ``old`` (an int where a float is)."""
+    if old is None or isinstance(old, dict):
+        return True
+    if isinstance(old, bool) or isinstance(value, bool):
+        return isinstance(old, bool) and isinstance(value, bool)
+    if isinstance(old, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(old))
 
 
 def init_student(teacher, config: str | dict | Path, seed: int = 0, **overrides):
@@ -710,8 +720,7 @@ def build_module(cfg: DistillConfig, student: nn.Module, teacher: nn.Module | No
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    refuse_existing(out, overwrite)
 
 
 def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,

@@ -39,6 +39,7 @@ from ..device import Device
 from ..errors import SlmError
 from ..evaluate.memory import peak_rss
 from ..evaluate.perplexity import model_engine, perplexity, record_ids, step_window
+from ..outputs import refuse_existing
 from ..models.io import SLM, dir_bytes, load, replace_dir, save
 from . import adapters
 from .loop import TrainConfig, dist_setup, is_main, train
@@ -255,8 +256,7 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
         the report dict (also written to ``out/report.json``).
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    refuse_existing(out, overwrite)
     t0 = time.time()
     _, world = dist_setup()
     slm = _load(model)
