@@ -196,7 +196,8 @@ TRAINED = ("01-finetune", "03-distill")
 
 def figures(report: dict) -> dict:
     """What a build measured (its timings aside)."""
-    keep = ("stage", "params", "bytes", "ppl", "ppl_tokens", "ppl_ref_tokens", "ppl_own_tokens")
+    keep = ("stage", "params", "bytes", "ppl", "ppl_bpb", "ppl_tokens", "ppl_ref_tokens",
+            "ppl_own_tokens", "tokens_per_char")
     return {"stages": [{k: r.get(k) for k in keep} for r in report["stages"]],
             "loss_curves": report["loss_curves"]}
 
