@@ -214,6 +214,14 @@ class EarlyStopper:
         stop = bool(self.cfg.patience) and self.bad >= self.cfg.patience
         return {"val_loss": loss, "val_ppl": r["ppl"], "stop": float(stop)}
 
+    def state_dict(self) -> dict:
+        """What it keeps between evals (the loop's checkpoints carry it over a resume)."""
+        return {"best": self.best, "bad": self.bad, "best_state": self.best_state or {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad = float(state["best"]), int(state["bad"])
+        self.best_state = dict(state["best_state"]) or None
+
     def restore_best(self) -> bool:
         """Put the best weights back; True if they differ from the current ones."""
         if self.best_state is None:
@@ -265,6 +273,7 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
     train_data, val_recs, info = prepare_data(cfg, slm.tokenizer)
     batches = PackedBatches(train_data, cfg.batch_size)
     steps = plan_steps(cfg, len(batches), world)
+    torch.manual_seed(cfg.seed)              # the adapters' initial weights (LoRA A, DoRA)
     net = adapters.setup_model(slm.model, cfg.method, rank=cfg.rank, alpha=cfg.alpha,
                                dropout=cfg.dropout, targets=cfg.targets,
                                quant_format=cfg.quant_format, quant_group=cfg.quant_group)
