@@ -15,11 +15,12 @@ from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 def export_cmd(
     model: str = typer.Argument(..., help="Model: built-in name, HF directory (also quantized) or .gguf file."),
     out: str = typer.Option(..., "--out", "-o", help="Output .gguf file, or directory for --format hf."),
-    fmt: str = typer.Option("gguf", "--format", "-f", help="gguf or hf."),
+    fmt: str = typer.Option("gguf", "--format", "-f", help="gguf (with an Ollama Modelfile beside it), gguf-lora (an adapter directory as a llama.cpp LoRA) or hf."),
     type_: str = typer.Option("f16", "--type", "-t", help="GGUF type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k, ..."),
     parity_tokens: int = typer.Option(256, min=0, help="Held-out tokens for the parity check (0 skips)."),
     parity_text: str = typer.Option("python-docs", help="Text for the parity check (val split)."),
     device: str = DeviceOpt,
+    system: Optional[str] = typer.Option(None, "--system", help="gguf: system prompt the Modelfile sets (SYSTEM)."),
     fp32: bool = typer.Option(False, "--fp32", help="hf: write fp32 weights (default: the model's own dtype, bf16 unless it was made in another)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
     text_field: Optional[str] = TEXT_FIELD,
@@ -30,7 +31,13 @@ def export_cmd(
     Every export is reloaded and compared with the PyTorch model on a fixed held-out
     text: next-token argmax agreement and perplexity, printed and saved in the report.
 
+    --format gguf also writes an Ollama Modelfile beside the file (FROM, TEMPLATE translated
+    from the chat template, PARAMETER stop, num_ctx, SYSTEM from --system). --format
+    gguf-lora writes an adapter directory (`slm finetune` without --merge) as a llama.cpp
+    LoRA for the base's GGUF, checked on llama.cpp against the model with the adapter.
+
     Example: slm export runs/q4 --format gguf --type q4_0 --out runs/q4.gguf
+    Example: slm export runs/ft/adapter --format gguf-lora --out runs/ft/lora.gguf
     """
     from ..data import with_text_field
     from ..export import ExportConfig, run_export
@@ -38,7 +45,7 @@ def export_cmd(
     from ..progress import progress_bar
     cfg = config_from_options(ExportConfig, format=fmt, type=type_, parity_tokens=parity_tokens,
                               parity_text=with_text_field(parity_text, text_field), device=device,
-                              fp32=fp32)
+                              fp32=fp32, system=system)
     if fmt == "hf":
         check_output(out, kind="dir", force=force, inputs={"MODEL": model}, make_parents=True)
     else:
@@ -61,4 +68,11 @@ def export_cmd(
         console.print(f"parity ({p['engine']}, {p['tokens']} tokens): argmax agreement "
                       f"{100 * p['argmax_agreement']:.1f}%, perplexity {p['ppl_pytorch']:.3f} "
                       f"-> {p['ppl_export']:.3f} ({p['ppl_diff_pct']:+.2f}%)")
+    if p and "argmax_changed_by_adapter" in p:
+        console.print(f"the adapter changes llama.cpp's argmax at "
+                      f"{100 * p['argmax_changed_by_adapter']:.1f}% of positions of the base alone")
+    mf = report.get("modelfile")
+    if mf:
+        console.print(f"wrote {mf['path']} (ollama create NAME -f {mf['path']})"
+                      + (f"; note: {mf['note']}" if mf["note"] else ""))
     console.print(f"report: {report['report_path']}")

@@ -33,11 +33,13 @@ class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
-    format: Literal["gguf", "hf"] = "gguf"
+    format: Literal["gguf", "hf", "gguf-lora"] = "gguf"
     type: str = Field("f16", description="GGUF tensor type: " + ", ".join(GGUF_TYPES))
     parity_tokens: int = Field(256, ge=0, description="held-out tokens for the parity check; "
                                "0 = skip")
     parity_text: str = "python-docs"
+    system: str | None = Field(None, description="gguf: the system prompt the Modelfile "
+                               "beside the GGUF sets (Ollama's SYSTEM)")
     fp32: bool = Field(False, description="hf: write fp32 weights instead of the model's own "
                        "dtype (bf16 unless it was made in another)")
 
@@ -72,6 +74,9 @@ def run_export(model, out, cfg: ExportConfig, *, overwrite: bool = False) -> dic
     if cfg.format == "hf":
         from .hf import export_hf
         report = export_hf(slm, out, cfg)
+    elif cfg.format == "gguf-lora":
+        from .gguf_lora import export_gguf_lora
+        report = export_gguf_lora(slm, out, cfg)
     else:
         report = _export_gguf(slm, out, cfg)
     report["export_s"] = round(time.perf_counter() - t0, 2)
@@ -92,6 +97,7 @@ def _source_gguf(slm) -> str | None:
 def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
     from ..models.io import count_params
     from .gguf_file import gguf_arch, write_gguf
+    from .modelfile import write_modelfile
     gguf_arch(slm.model)                                   # unknown architecture: fail first
     if out.suffix != ".gguf":
         raise SlmError(f"GGUF output {out} should end in .gguf", "name the file model.gguf")
@@ -114,6 +120,7 @@ def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
             ids = parity_ids(slm.tokenizer, cfg.parity_tokens, cfg.parity_text)
             report["parity"] = gguf_parity(slm, tmp, ids, cfg.parity_text, cfg.device)
         os.replace(tmp, out)
+        report["modelfile"] = write_modelfile(slm, out, cfg.system)
     finally:
         for p in (tmp, tmp2):
             if p.exists():
