@@ -84,3 +84,14 @@ def test_dora_and_plain_models_are_refused(tmp_path):
         run_export(tiny_slm("llama"), tmp_path / "x.gguf",
                    ExportConfig(format="gguf-lora", **F32))
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*"))
+
+
+def test_cli_refuses_a_quantized_adapter_type_at_once(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "slmkit", "export", str(tmp_path), "--format",
+                        "gguf-lora", "--type", "q4_0", "--out", str(tmp_path / "a.gguf")],
+                       capture_output=True, text=True, timeout=300)
+    errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stdout + r.stderr
+    assert "--type" in errors[0] and "f32 or f16" in errors[0]

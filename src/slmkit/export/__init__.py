@@ -45,10 +45,12 @@ class ExportConfig(BaseModel):
 
     @field_validator("type")
     @classmethod
-    def _type(cls, v: str) -> str:
+    def _type(cls, v: str, info) -> str:
         v = v.lower()
         if v not in GGUF_TYPES:
             raise ValueError(f"type must be one of {', '.join(GGUF_TYPES)}, got '{v}'")
+        if info.data.get("format") == "gguf-lora" and v not in ("f32", "f16"):
+            raise ValueError(f"a gguf-lora adapter is written in f32 or f16, got '{v}'")
         return v
 
 
