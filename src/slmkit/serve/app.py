@@ -30,7 +30,7 @@ from .config import ServeConfig
 from .guard import Guard
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .scheduler import Job, QueueFull, Scheduler, ShuttingDown
-from .models import open_model_slots
+from .models import Served, open_model_slots
 from .sizing import size_slots
 from .schemas import ApiError, ChatRequest, CompletionRequest, parse
 
@@ -63,7 +63,7 @@ class ServerState:
         self.metrics.ttft.observe(job.t_first - job.t_submit)
         self.metrics.queue_wait.observe((job.t_start or job.t_first) - job.t_submit)
 
-    def pick(self, name: str, param: str | None = "model") -> "Served":
+    def pick(self, name: str, param: str | None = "model") -> Served:
         """The served model a request names, or a 400 (404 for a path) listing them."""
         if name in self.models:
             return self.models[name]
@@ -71,23 +71,6 @@ class ServerState:
         raise ApiError(400 if param else 404,
                        f"model '{name}' does not exist; this server has {have}",
                        param, "model_not_found")
-
-
-class Served:
-    """One model id of the server: its batched engine and scheduler (config, metrics and
-    drain flag are the server's)."""
-
-    def __init__(self, parent: ServerState, model_id: str, slots):
-        self.parent, self.model_id = parent, model_id
-        self.engine = slots.engine                   # tokenizer and chat template
-        self.ctx = int(slots.context_length)
-        self.vocab = _vocab_size(self.engine)
-        self.scheduler = Scheduler(slots, parent.cfg.max_queue,
-                                   on_first_token=parent._first_token,
-                                   step_tokens=parent.cfg.step_tokens)
-
-    def __getattr__(self, name):
-        return getattr(self.parent, name)
 
 
 def open_slots(cfg: ServeConfig):
@@ -115,13 +98,6 @@ def open_slots(cfg: ServeConfig):
     batch.decode([Feed(slot, engine.tokenize("Hello"), True)])
     batch.release(slot)
     return batch
-
-
-def _vocab_size(engine) -> int:
-    llm = getattr(engine, "llm", None)
-    if llm is not None:
-        return int(llm.n_vocab())
-    return int(engine.model.get_input_embeddings().weight.shape[0])
 
 
 def create_app(cfg: ServeConfig, slots=None) -> FastAPI:
@@ -220,7 +196,7 @@ def _add_routes(app: FastAPI, st: ServerState) -> None:
         return await _run(request, sv, req, ids, budget, chat=True)
 
 
-def _model_card(sv: "Served") -> dict:
+def _model_card(sv: Served) -> dict:
     card = {"id": sv.model_id, "object": "model", "created": sv.created, "owned_by": "slmkit",
             "context_length": sv.ctx}
     if sv.model_id != sv.parent.model_id:

@@ -22,8 +22,33 @@ import threading
 from pathlib import Path
 
 from ..errors import SlmError
+from .scheduler import Scheduler
 
 BASE_ADAPTER = "__base__"          # PEFT's name for "no adapter" in a mixed batch
+
+
+class Served:
+    """One model id of the server: its batched engine and scheduler (config, metrics and
+    drain flag are the server's)."""
+
+    def __init__(self, parent, model_id: str, slots):
+        self.parent, self.model_id = parent, model_id
+        self.engine = slots.engine                   # tokenizer and chat template
+        self.ctx = int(slots.context_length)
+        self.vocab = _vocab_size(self.engine)
+        self.scheduler = Scheduler(slots, parent.cfg.max_queue,
+                                   on_first_token=parent._first_token,
+                                   step_tokens=parent.cfg.step_tokens)
+
+    def __getattr__(self, name):
+        return getattr(self.parent, name)
+
+
+def _vocab_size(engine) -> int:
+    llm = getattr(engine, "llm", None)
+    if llm is not None:
+        return int(llm.n_vocab())
+    return int(engine.model.get_input_embeddings().weight.shape[0])
 
 
 def parse_adapters(values: list[str] | None) -> tuple[str | None, dict[str, str]]:
