@@ -100,15 +100,28 @@ def test_piped_chat_commands_and_cut_note(tiny_dir, tmp_path):
     assert [m["role"] for m in saved] == ["system", "user", "assistant"]
 
 
-def _spawn(model_dir, *args):
+@pytest.fixture
+def spawn():
+    """Start ``slm chat`` in a pseudo-terminal; every child still alive when the test
+    ends (passed or failed) is closed, so a failed expect leaves no process behind."""
     pexpect = pytest.importorskip("pexpect")
-    return pexpect.spawn(sys.executable, ["-m", "slmkit", "chat", str(model_dir), "--temperature",
-                                          "0", "--device", "cpu", *args],
-                         encoding="utf-8", timeout=180, dimensions=(40, 200))
+    children = []
+
+    def start(model_dir, *args):
+        child = pexpect.spawn(sys.executable, ["-m", "slmkit", "chat", str(model_dir),
+                                               "--temperature", "0", "--device", "cpu", *args],
+                              encoding="utf-8", timeout=180, dimensions=(40, 200))
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        if child.isalive():
+            child.close(force=True)
 
 
-def test_terminal_chat_of_30_turns(tiny_dir):
-    child = _spawn(tiny_dir, "-n", "24", "--system", "Be brief.")
+def test_terminal_chat_of_30_turns(tiny_dir, spawn):
+    child = spawn(tiny_dir, "-n", "24", "--system", "Be brief.")
     child.expect("you> ")
     seen = ""
     for i in range(30):
@@ -123,11 +136,11 @@ def test_terminal_chat_of_30_turns(tiny_dir):
     assert child.exitstatus == 0
 
 
-def test_ctrl_c_stops_the_reply_and_keeps_the_chat(tmp_path):
+def test_ctrl_c_stops_the_reply_and_keeps_the_chat(tmp_path, spawn):
     slm = tiny_slm("llama")
     slm.model.config.max_position_embeddings = 1 << 16        # a reply that would run minutes
     long_dir = slmkit.save(slm, tmp_path / "long")
-    child = _spawn(long_dir, "-n", "60000")
+    child = spawn(long_dir, "-n", "60000")
     child.expect("you> ")
     child.sendline("write a very long story")
     child.expect("model> ")

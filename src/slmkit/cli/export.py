@@ -18,7 +18,7 @@ from .validate import config_from_options
 # How ExportConfig's fields show on the command line, where they differ from
 # `--field-name` and the field's description; defaults come from the config.
 FLAGS = {
-    "format": Flag(("--format", "-f"), "gguf or hf."),
+    "format": Flag(("--format", "-f"), "gguf (with an Ollama Modelfile beside it), gguf-lora (an adapter directory as a llama.cpp LoRA) or hf."),
     "type": Flag(("--type", "-t"), "GGUF type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k, ..."),
     "parity_tokens": Flag(help="Held-out tokens for the parity check (0 skips).", min=0),
     "parity_text": Flag(help="Text for the parity check (val split)."),
@@ -40,7 +40,13 @@ def export_cmd(values: dict, model: str, out: str, force: bool, text_field: Opti
     Every export is reloaded and compared with the PyTorch model on a fixed held-out
     text: next-token argmax agreement and perplexity, printed and saved in the report.
 
+    --format gguf also writes an Ollama Modelfile beside the file (FROM, TEMPLATE translated
+    from the chat template, PARAMETER stop, num_ctx, SYSTEM from --system). --format
+    gguf-lora writes an adapter directory (`slm finetune` without --merge) as a llama.cpp
+    LoRA for the base's GGUF, checked on llama.cpp against the model with the adapter.
+
     Example: slm export runs/q4 --format gguf --type q4_0 --out runs/q4.gguf
+    Example: slm export runs/ft/adapter --format gguf-lora --out runs/ft/lora.gguf
     """
     cfg = config_from_options(ExportConfig, flags=flag_names(FLAGS),
                               **with_text_fields("export", values, text_field))
@@ -67,4 +73,11 @@ def export_cmd(values: dict, model: str, out: str, force: bool, text_field: Opti
         console.print(f"parity ({p['engine']}, {p['tokens']} tokens): argmax agreement "
                       f"{100 * p['argmax_agreement']:.1f}%, perplexity {p['ppl_pytorch']:.3f} "
                       f"-> {p['ppl_export']:.3f} ({p['ppl_diff_pct']:+.2f}%)")
+    if p and "argmax_changed_by_adapter" in p:
+        console.print(f"the adapter changes llama.cpp's argmax at "
+                      f"{100 * p['argmax_changed_by_adapter']:.1f}% of positions of the base alone")
+    mf = report.get("modelfile")
+    if mf:
+        console.print(f"wrote {mf['path']} (ollama create NAME -f {mf['path']})"
+                      + (f"; note: {mf['note']}" if mf["note"] else ""))
     console.print(f"report: {report['report_path']}")

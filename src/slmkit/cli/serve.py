@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import signal
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -32,7 +32,7 @@ def serve_cmd(
     max_tokens: int = typer.Option(1024, help="Most tokens one request may ask for."),
     name: Optional[str] = typer.Option(None, help="Model id clients use (default: from MODEL)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for llama.cpp (default: all cores)."),
-    adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter directory (`slm finetune` without --merge) applied to MODEL unmerged (PyTorch), or a LoRA .gguf on a .gguf MODEL."),
+    adapter: Optional[List[str]] = typer.Option(None, "--adapter", help="Adapter directory (`slm finetune` without --merge) applied to MODEL unmerged (PyTorch), or a LoRA .gguf on a .gguf MODEL. NAME=ADAPTER (repeatable) serves each beside the base under NAME, picked by the request's model field."),
     device: str = DeviceOpt,
     shutdown_timeout: float = typer.Option(30.0, help="Seconds in-flight requests may finish after Ctrl-C."),
 ):
@@ -43,21 +43,26 @@ def serve_cmd(
     otherwise, and then only with an API key.
 
     Example: slm serve runs/mine/05-export/model.gguf --port 8000
+    Example: slm serve base.gguf --adapter docs=docs-lora.gguf --adapter sql=sql-lora.gguf
     """
     from ..serve import ServeConfig, check_bind, serve
+    from ..serve.models import check_names, parse_adapters
+    single, named = parse_adapters(adapter)
     cfg = config_from_options(ServeConfig, flags={"shutdown_timeout_s": "--shutdown-timeout",
                                                   "n_threads": "--threads"},
                               model=model, host=host, port=port, api_key=api_key, engine=engine,
                               max_concurrency=max_concurrency, max_queue=max_queue, ctx=ctx,
                               step_tokens=step_tokens, max_tokens=max_tokens, name=name,
                               n_threads=threads, shutdown_timeout_s=shutdown_timeout,
-                              device=device, adapter=adapter)
+                              device=device, adapter=single, adapters=named)
     check_bind(cfg.host, cfg.api_key)          # before the slow model load
+    check_names(cfg.model_id(), cfg.adapters)
     check_model(model, engine=None if engine == "auto" else engine)
     console.print(f"loading [bold]{model}[/]...")
 
     def ready(url: str, slots: int, ctx: int) -> None:
-        console.print(f"serving [bold]{cfg.model_id()}[/] at {url}  ({slots} slot(s) of {ctx} "
+        ids = ", ".join([cfg.model_id(), *cfg.adapters])
+        console.print(f"serving [bold]{ids}[/] at {url}  ({slots} slot(s) of {ctx} "
                       f"tokens; chat page: {url}/, "
                       f"API: {url}/v1{', key required' if cfg.api_key else ''}); Ctrl-C stops")
 

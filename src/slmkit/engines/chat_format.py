@@ -110,11 +110,13 @@ def _text(m: dict) -> str:
     return str(c).strip()
 
 
-def _render_jinja(template: str, messages: list[dict], bos: str) -> str:
+def _render_jinja(template: str, messages: list[dict], bos: str,
+                  add_generation_prompt: bool = True) -> str:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = _raise
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True,
+    return env.from_string(template).render(messages=messages,
+                                            add_generation_prompt=add_generation_prompt,
                                             bos_token=bos, eos_token="")
 
 

@@ -24,6 +24,7 @@ from ..models.io import SLM, count_params, load
 from ..outputs import atomic_write_text, refuse_existing, temp_path
 from .gguf_file import DIRECT_TYPES, GGUF_ARCHS, gguf_arch, write_gguf
 from .hf import export_hf
+from .modelfile import write_modelfile
 from .parity import gguf_parity, parity_ids
 
 # llama.cpp's quantizer handles these (and the direct types, from an f32 file)
@@ -38,20 +39,24 @@ class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
-    format: Literal["gguf", "hf"] = "gguf"
+    format: Literal["gguf", "hf", "gguf-lora"] = "gguf"
     type: str = Field("f16", description="GGUF tensor type: " + ", ".join(GGUF_TYPES))
     parity_tokens: int = Field(256, ge=0, description="held-out tokens for the parity check; "
                                "0 = skip")
     parity_text: str = "python-docs"
+    system: str | None = Field(None, description="gguf: the system prompt the Modelfile "
+                               "beside the GGUF sets (Ollama's SYSTEM)")
     fp32: bool = Field(False, description="hf: write fp32 weights instead of the model's own "
                        "dtype (bf16 unless it was made in another)")
 
     @field_validator("type")
     @classmethod
-    def _type(cls, v: str) -> str:
+    def _type(cls, v: str, info) -> str:
         v = v.lower()
         if v not in GGUF_TYPES:
             raise ValueError(f"type must be one of {', '.join(GGUF_TYPES)}, got '{v}'")
+        if info.data.get("format") == "gguf-lora" and v not in ("f32", "f16"):
+            raise ValueError(f"a gguf-lora adapter is written in f32 or f16, got '{v}'")
         return v
 
 
@@ -74,6 +79,9 @@ def run_export(model, out, cfg: ExportConfig, *, overwrite: bool = False) -> dic
     t0 = time.perf_counter()
     if cfg.format == "hf":
         report = export_hf(slm, out, cfg)
+    elif cfg.format == "gguf-lora":
+        from .gguf_lora import export_gguf_lora
+        report = export_gguf_lora(slm, out, cfg)
     else:
         report = _export_gguf(slm, out, cfg)
     report["export_s"] = round(time.perf_counter() - t0, 2)
@@ -112,6 +120,7 @@ def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
             ids = parity_ids(slm.tokenizer, cfg.parity_tokens, cfg.parity_text)
             report["parity"] = gguf_parity(slm, tmp, ids, cfg.parity_text, cfg.device)
         os.replace(tmp, out)
+        report["modelfile"] = write_modelfile(slm, out, cfg.system)
     finally:
         for p in (tmp, tmp2):
             if p.exists():

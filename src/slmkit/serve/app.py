@@ -30,6 +30,7 @@ from .config import ServeConfig
 from .guard import Guard
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .scheduler import Job, QueueFull, Scheduler, ShuttingDown
+from .models import Served, open_model_slots
 from .sizing import size_slots
 from .schemas import ApiError, ChatRequest, CompletionRequest, parse
 
@@ -42,24 +43,34 @@ PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-i
 
 
 class ServerState:
-    """Everything one app owns: config, batched engine, scheduler, metrics, drain flag."""
+    """Everything one app owns: config, the models served (each with its batched engine and
+    scheduler), metrics, drain flag. ``engine``, ``ctx``, ``scheduler`` and ``model_id``
+    are the base model's (the first)."""
 
     def __init__(self, cfg: ServeConfig, slots):
         self.cfg = cfg
-        self.model_id = cfg.model_id()
-        self.engine = slots.engine                   # tokenizer and chat template
-        self.ctx = int(slots.context_length)
-        self.vocab = _vocab_size(self.engine)
         self.created = int(time.time())
         self.draining = False
-        self.metrics = Metrics(lambda: self.scheduler.queue_depth,
-                               lambda: self.scheduler.n_active)
-        self.scheduler = Scheduler(slots, cfg.max_queue, on_first_token=self._first_token,
-                                   step_tokens=cfg.step_tokens)
+        self.metrics = Metrics(lambda: sum(m.scheduler.queue_depth for m in self.models.values()),
+                               lambda: sum(m.scheduler.n_active for m in self.models.values()))
+        batches = slots if isinstance(slots, dict) else {cfg.model_id(): slots}
+        self.models = {mid: Served(self, mid, b) for mid, b in batches.items()}
+        base = next(iter(self.models.values()))
+        self.model_id, self.engine, self.ctx = base.model_id, base.engine, base.ctx
+        self.vocab, self.scheduler = base.vocab, base.scheduler
 
     def _first_token(self, job: Job) -> None:
         self.metrics.ttft.observe(job.t_first - job.t_submit)
         self.metrics.queue_wait.observe((job.t_start or job.t_first) - job.t_submit)
+
+    def pick(self, name: str, param: str | None = "model") -> Served:
+        """The served model a request names, or a 400 (404 for a path) listing them."""
+        if name in self.models:
+            return self.models[name]
+        have = ", ".join(f"'{m}'" for m in self.models)
+        raise ApiError(400 if param else 404,
+                       f"model '{name}' does not exist; this server has {have}",
+                       param, "model_not_found")
 
 
 def open_slots(cfg: ServeConfig):
@@ -89,13 +100,6 @@ def open_slots(cfg: ServeConfig):
     return batch
 
 
-def _vocab_size(engine) -> int:
-    llm = getattr(engine, "llm", None)
-    if llm is not None:
-        return int(llm.n_vocab())
-    return int(engine.model.get_input_embeddings().weight.shape[0])
-
-
 def create_app(cfg: ServeConfig, slots=None) -> FastAPI:
     """Build the app for ``cfg``, opening the model unless ``slots`` (a batched engine) is given.
 
@@ -103,13 +107,16 @@ def create_app(cfg: ServeConfig, slots=None) -> FastAPI:
         cfg: server settings.
         slots: the batched engine to use (see :func:`open_slots`).
     """
-    st = ServerState(cfg, slots if slots is not None else open_slots(cfg))
+    if slots is None:
+        slots = open_model_slots(cfg, open_slots, size_slots)
+    st = ServerState(cfg, slots)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         st.draining = True
-        st.scheduler.close()
+        for m in st.models.values():
+            m.scheduler.close()
 
     app = FastAPI(title="slmkit", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
@@ -150,7 +157,8 @@ def _add_routes(app: FastAPI, st: ServerState) -> None:
     @app.get("/health")
     async def health():
         body = {"status": "draining" if st.draining else "ok", "model": st.model_id,
-                "active": st.scheduler.n_active, "queued": st.scheduler.queue_depth}
+                "active": sum(m.scheduler.n_active for m in st.models.values()),
+                "queued": sum(m.scheduler.queue_depth for m in st.models.values())}
         return JSONResponse(body, status_code=503 if st.draining else 200)
 
     @app.get("/metrics")
@@ -159,39 +167,41 @@ def _add_routes(app: FastAPI, st: ServerState) -> None:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [_model_card(st)]}
+        return {"object": "list", "data": [_model_card(m) for m in st.models.values()]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str):
-        _check_model(st, model_id, param=None)
-        return _model_card(st)
+        return _model_card(st.pick(model_id, param=None))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = parse(CompletionRequest, await _json(request))
-        _check_model(st, req.model)
-        ids = _prompt_ids(st, req.prompt)
-        budget = _budget(st, len(ids), req.max_tokens, COMPLETION_DEFAULT_MAX, "prompt")
-        return await _run(request, st, req, ids, budget, chat=False)
+        sv = st.pick(req.model)
+        ids = _prompt_ids(sv, req.prompt)
+        budget = _budget(sv, len(ids), req.max_tokens, COMPLETION_DEFAULT_MAX, "prompt")
+        return await _run(request, sv, req, ids, budget, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = parse(ChatRequest, await _json(request))
-        _check_model(st, req.model)
+        sv = st.pick(req.model)
         try:
-            prompt = st.engine.chat_prompt([m.as_dict() for m in req.messages])
+            prompt = sv.engine.chat_prompt([m.as_dict() for m in req.messages])
         except Exception as exc:          # the model's own template refused the messages
             raise ApiError(400, f"messages: the chat template refused them ({exc})",
                            "messages") from None
-        ids = st.engine.tokenize(prompt)
+        ids = sv.engine.tokenize(prompt)
         asked = req.max_completion_tokens or req.max_tokens
-        budget = _budget(st, len(ids), asked, CHAT_DEFAULT_MAX, "messages")
-        return await _run(request, st, req, ids, budget, chat=True)
+        budget = _budget(sv, len(ids), asked, CHAT_DEFAULT_MAX, "messages")
+        return await _run(request, sv, req, ids, budget, chat=True)
 
 
-def _model_card(st: ServerState) -> dict:
-    return {"id": st.model_id, "object": "model", "created": st.created, "owned_by": "slmkit",
-            "context_length": st.ctx}
+def _model_card(sv: Served) -> dict:
+    card = {"id": sv.model_id, "object": "model", "created": sv.created, "owned_by": "slmkit",
+            "context_length": sv.ctx}
+    if sv.model_id != sv.parent.model_id:
+        card["parent"] = sv.parent.model_id          # an adapter on the base
+    return card
 
 
 async def _json(request: Request):
@@ -210,13 +220,6 @@ async def _json(request: Request):
         raise ApiError(400, "the request body is not valid JSON") from None
     except RecursionError:
         raise ApiError(400, "the request body is nested too deeply") from None
-
-
-def _check_model(st: ServerState, name: str, param: str | None = "model") -> None:
-    if name != st.model_id:
-        raise ApiError(400 if param else 404,
-                       f"model '{name}' does not exist; this server has '{st.model_id}'",
-                       param, "model_not_found")
 
 
 def _prompt_ids(st: ServerState, prompt) -> list[int]:

@@ -32,6 +32,9 @@ class ServeConfig(BaseModel):
         max_body_bytes: largest request body accepted (413 beyond).
         shutdown_timeout_s: how long in-flight requests may run on after a stop signal.
         name: model id clients use; defaults to the model's name.
+        adapters: ``{name: adapter}`` served beside the base under their names (adapter
+            directories on PyTorch, LoRA ``.gguf`` files on a ``.gguf`` base; see
+            ``serve.models``).
         n_threads: CPU threads for llama.cpp (default: all cores).
     """
 
@@ -39,6 +42,7 @@ class ServeConfig(BaseModel):
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     adapter: str | None = None             # applied to the model unmerged (slmkit.load)
+    adapters: dict[str, str] = Field(default_factory=dict)   # name -> adapter, beside the base
     model: str
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
