@@ -6,7 +6,6 @@ memory, perplexity and decode speed against the unquantized model.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
