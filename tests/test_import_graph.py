@@ -2,7 +2,7 @@
 
 The graph is read from the source (``ast``), not from ``sys.modules``: an edge
 ``a -> b`` for every module-level ``import`` of ``b`` in ``a`` (also inside a
-top-level ``if``/``try``), and ``a -> p`` for each package ``p`` above ``b``
+top-level ``if``/``try``, but not under ``if TYPE_CHECKING:``, which never runs), and ``a -> p`` for each package ``p`` above ``b``
 that ``a`` is not inside (importing ``p.b`` runs ``p/__init__.py`` first).
 Imports inside functions are left out: each one needs a reason (an optional
 heavy dependency), and the lower the count the more of the graph this test sees.
@@ -25,11 +25,21 @@ def modules(root: Path) -> dict[str, tuple[Path, bool]]:
     return out
 
 
+def _type_checking(node) -> bool:
+    """``if TYPE_CHECKING:`` (its imports are for annotations and never run)."""
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def _top_level(tree: ast.Module):
     """Import statements that run when the module is imported."""
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
+        elif isinstance(node, ast.If) and _type_checking(node):
+            yield from (n for n in ast.walk(ast.Module(body=node.orelse, type_ignores=[]))
+                        if isinstance(n, (ast.Import, ast.ImportFrom)))
         elif isinstance(node, (ast.If, ast.Try)):
             yield from (n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom)))
 

@@ -32,6 +32,7 @@ def test_every_config_field_has_an_option(verb):
     assert not missing, f"slm {verb} cannot set {missing}"
     for name in fields:
         assert any(o.startswith("--") for o in params[name].opts), name
+        assert params[name].help, f"slm {verb} {params[name].opts[0]} has no help"
 
 
 @pytest.mark.parametrize("verb", VERBS)

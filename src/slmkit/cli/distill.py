@@ -55,6 +55,10 @@ FLAGS = {
     "lr": Flag(help="Peak learning rate."),
     "warmup_steps": Flag(("--warmup",), "Warm-up steps."),
     "schedule": Flag(help="cosine, linear or constant."),
+    "min_lr_ratio": Flag(help="Learning rate at the end of the schedule, as a share of --lr."),
+    "weight_decay": Flag(help="AdamW weight decay."),
+    "max_grad_norm": Flag(help="Clip the total gradient norm to this (0: no clipping)."),
+    "chunk_tokens": Flag(help="Tokens per output-head chunk in the loss (memory, not results)."),
     "kd": Flag(help="forward_kl, reverse_kl or jsd."),
     "temperature": Flag(help="Softmax temperature (loss scaled by T^2)."),
     "jsd_beta": Flag(help="Teacher weight in the JSD mixture."),
@@ -72,6 +76,7 @@ FLAGS = {
     "val_tokens": Flag(help="Held-out tokens for perplexity (0 skips)."),
     "eval_every": Flag(help="Steps between held-out evals (0: start and end)."),
     "ckpt_every": Flag(help="Steps between checkpoints."),
+    "seed": Flag(help="Random seed (data order, a new student's initialisation)."),
     "resume": Flag(help="Continue from the last checkpoint in --out's work directory if there is one (the default), or start afresh."),
 }
 

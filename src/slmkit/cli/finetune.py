@@ -29,6 +29,9 @@ FLAGS = {
     "seq_len": Flag(help="Tokens per packed sequence."),
     "batch_size": Flag(("--batch-size", "-b"), "Sequences per micro-batch."),
     "grad_accum": Flag(help="Micro-batches per optimizer step."),
+    "warmup_steps": Flag(help="Warm-up steps (the learning rate rises linearly to --lr)."),
+    "schedule": Flag(help="Learning-rate schedule after warm-up: cosine, linear or constant."),
+    "weight_decay": Flag(help="AdamW weight decay."),
     "val_fraction": Flag(help="Share of records held out for validation."),
     "eval_every": Flag(help="Steps between validation evals (0: about 8 per run)."),
     "patience": Flag(help="Stop after this many evals without a better val loss (0: never)."),
@@ -36,6 +39,7 @@ FLAGS = {
     "fsdp": Flag(help="Under torchrun with --method full: shard the weights, gradients and optimizer state over the K ranks (FSDP), so each rank holds ~1/K of them instead of a full copy (DDP). For models whose training state does not fit one process. No effect in one process."),
     "compile": Flag(help="torch.compile the decoder layers (default: for models >= 50M params and runs >= 20 steps; ~40 s to compile, ~20% faster steps)."),
     "bf16_base": Flag(("--fp32-hidden",), "Keep the hidden states in fp32 between layers (matmuls still bf16): plain autocast's numbers, and a little slower (about 2% on SmolLM2-135M). By default the frozen weights are held in bf16 while training, as the model runs in the bf16 its checkpoint ships in.", invert=True),
+    "seed": Flag(help="Random seed (data order, adapter initialisation)."),
     "resume": Flag(help="Continue from the last checkpoint in --out's work directory if there is one (the default), or start afresh."),
 }
 

@@ -25,6 +25,7 @@ FLAGS = {
     "act_order": Flag(help="GPTQ: quantize columns by decreasing Hessian diagonal."),
     "clip": Flag(help="GPTQ: pick each group's range by a search that clips outliers when that lowers the (Hessian-weighted) rounding error."),
     "calib": Flag(("--calib", "-c"), "Calibration data (train split); held-out perplexity uses its val split."),
+    "damp": Flag(help="GPTQ Hessian dampening, as a fraction of its mean diagonal."),
     "calib_samples": Flag(help="Calibration sequences.", min=1),
     "seq_len": Flag(help="Tokens per calibration sequence.", min=2),
     "eval_tokens": Flag(help="Held-out tokens scored before and after (0 skips).", min=0),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..data.corpora import python_docs
+from ..outputs import atomic_path
 from ..paths import cache_dir
 from .catalog import CATALOG, hf_config
 from .io import SLM
@@ -56,9 +57,9 @@ def tiny_tokenizer(vocab_size: int = 512):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
                                    eos_token="<|im_end|>", unk_token="<|endoftext|>",
                                    pad_token="<|endoftext|>", chat_template=CHATML)
-    tmp = path.with_name(path.name + ".tmp")
-    fast.save_pretrained(tmp)
-    tmp.rename(path) if not path.exists() else None
+    if not path.exists():                       # another process may have written it
+        with atomic_path(path) as tmp:
+            fast.save_pretrained(tmp)
     return PreTrainedTokenizerFast.from_pretrained(path)
 
 
@@ -95,9 +96,9 @@ def tiny_sp_tokenizer(vocab_size: int = 512):
         single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", vocab["<bos>"])])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
                                    unk_token="<unk>", pad_token="<pad>")
-    tmp = path.with_name(path.name + ".tmp")
-    fast.save_pretrained(tmp)
-    tmp.rename(path) if not path.exists() else None
+    if not path.exists():                       # another process may have written it
+        with atomic_path(path) as tmp:
+            fast.save_pretrained(tmp)
     return PreTrainedTokenizerFast.from_pretrained(path)
 
 

@@ -29,8 +29,9 @@ from typing import Callable
 from ..data import read_records
 from ..errors import SlmError
 from ..models.catalog import CATALOG
-from ..models.io import builtin_gguf, load, replace_dir, save
+from ..models.io import builtin_gguf, load, save
 from ..models.tiny import TINY_FAMILIES, tiny_slm
+from ..outputs import atomic_write_text, replace
 from .adapt import resolve
 from .recipe import Recipe, input_of, resolved_options
 from .report import write_report
@@ -194,15 +195,12 @@ class Build:
         return res
 
     def _materialise_base(self, spec: str, d: Path) -> tuple[str, str]:
-        tmp = d.with_name(d.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         if spec.startswith("tiny:"):
             family = spec.split(":", 1)[1]
             if family not in TINY_FAMILIES:
                 raise SlmError(f"unknown tiny family '{family}'",
                                f"use one of: {', '.join(TINY_FAMILIES)}")
-            save(tiny_slm(family, seed=self.recipe.seed), tmp)
-            replace_dir(tmp, d)
+            save(tiny_slm(family, seed=self.recipe.seed), d, overwrite=True)
             return str(d), artifact_hash(d)
         source = builtin_gguf(spec) if spec in CATALOG else Path(spec).expanduser()
         if not source.exists():                       # a cached hub id
@@ -258,7 +256,7 @@ class Build:
                          artifact_hash(artifact) if artifact else None, seconds,
                          report=report or {}, config=cfg.model_dump(mode="json"))
         _write_step(work, res)
-        replace_dir(work, d)
+        replace(work, d)
         _cleanup_work(work)
         return res
 
@@ -320,7 +318,7 @@ class Build:
 
     def _save_recipe(self) -> None:
         text = self.recipe.model_dump_json(indent=2, exclude={"source"})
-        (self.out / "recipe.json").write_text(text)
+        atomic_write_text(self.out / "recipe.json", text)
 
     def _announce(self, i: int, n: int, name: str, what: str) -> None:
         self.console.rule(f"[bold]step {i}/{n}: {name}[/] ({what})", align="left")

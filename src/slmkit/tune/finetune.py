@@ -23,7 +23,6 @@ with ``checkpoints/`` for resuming):
 """
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -39,8 +38,9 @@ from ..device import Device
 from ..errors import SlmError
 from ..evaluate.memory import peak_rss
 from ..evaluate.perplexity import model_engine, perplexity, record_ids, step_window
+from ..models.io import SLM, dir_bytes, load
 from ..outputs import refuse_existing
-from ..models.io import SLM, dir_bytes, load, replace_dir, save
+from ..step import write_outputs
 from . import adapters
 from .loop import TrainConfig, dist_setup, is_main, train
 from .losses import backbone_and_head, chunked_head_loss, fused_ce_kl, shift_labels
@@ -287,7 +287,7 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
     report = _report(cfg, slm, net, rep, info, steps, restored, t0)
     report["params"] = n_params
     if is_main():                            # under torchrun rank 0 writes
-        _write_outputs(slm, net, cfg, work, out, fingerprint, report)
+        _write_outputs(slm, net, cfg, work, out, fingerprint, report, overwrite)
     if world > 1:
         import torch.distributed as dist
         dist.barrier()
@@ -319,11 +319,10 @@ def _report(cfg, slm, net, rep, info, steps, restored, t0) -> dict:
     }
 
 
-def _write_outputs(slm, net, cfg, work: Path, out: Path, fingerprint: dict, report: dict) -> None:
-    """Adapter, merged model and report into ``work/result``, then rename to ``out``."""
-    result = work / "result"
-    shutil.rmtree(result, ignore_errors=True)
-    adapter_dir = None
+def _write_outputs(slm, net, cfg, work: Path, out: Path, fingerprint: dict, report: dict,
+                   overwrite: bool) -> None:
+    """Adapter, merged model, history and report into ``out`` at once (slmkit.step)."""
+    adapter_dir = merged = None
     if cfg.method != "full":
         adapter_dir = adapters.save_adapter(
             net, work / "adapter", str(slm.spec), fingerprint, cfg.method,
@@ -334,15 +333,14 @@ def _write_outputs(slm, net, cfg, work: Path, out: Path, fingerprint: dict, repo
         merged = SLM(adapters.merge(net), slm.tokenizer, slm.spec, slm.meta, slm.path)
         for p in merged.model.parameters():
             p.requires_grad_(False)
-        step = {"step": "finetune", "config": cfg.model_dump(), "report": _brief(report)}
-        save(merged, result, step=step, overwrite=True)
-        report["bytes"] = dir_bytes(result)
-    else:
-        result.mkdir(parents=True)
-    if adapter_dir is not None:
-        adapter_dir.rename(result / "adapter")
-    (result / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    replace_dir(result, out)
+
+    def finish(tmp: Path) -> None:
+        if merged is not None:
+            report["bytes"] = dir_bytes(tmp)
+        if adapter_dir is not None:
+            adapter_dir.rename(tmp / "adapter")
+    write_outputs(merged, out, step="finetune", config=cfg.model_dump(), report=report,
+                  history=_brief(report), overwrite=overwrite, before_report=finish)
     shutil.rmtree(work, ignore_errors=True)
 
 
