@@ -30,7 +30,8 @@ TEXT = "\n\n".join(f"Section {i}. The function returns a list of {i % 7} values 
 
 def slm(rule: str, *argv, cwd: Path) -> subprocess.CompletedProcess:
     """``slm ARGV`` in a fresh process, SIGKILLed where ``rule`` says (kill_run.py)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    path = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path,
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "COLUMNS": "200"}
     return subprocess.run([sys.executable, str(KILLER), rule, *map(str, argv)], cwd=cwd, env=env,
