@@ -8,6 +8,7 @@ import typer
 
 from ..models.preflight import check_model
 from .app import DeviceOpt, app, console
+from .validate import config_from_options
 
 
 @app.command("serve")
@@ -44,7 +45,6 @@ def serve_cmd(
     Example: slm serve runs/mine/05-export/model.gguf --port 8000
     Example: slm serve base.gguf --adapter docs=docs-lora.gguf --adapter sql=sql-lora.gguf
     """
-    from ..pipeline_util import config_from_options
     from ..serve import ServeConfig, check_bind, serve
     from ..serve.models import check_names, parse_adapters
     single, named = parse_adapters(adapter)

@@ -54,12 +54,18 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from ..data import blocks as data_blocks, load_split, record_text
 from ..device import Device, autocast_type, model_device
-from ..errors import SlmError
-from ..models.io import count_params
-from ..pipeline_util import OptionError
+from ..errors import OptionError, SlmError
+from ..evaluate.perplexity import engine_tokens, model_engine, perplexity, step_window
+from ..models.catalog import CATALOG, hf_config
+from ..models.io import SLM, builtin_gguf, count_params, dir_bytes, load, replace_dir, save
+from ..outputs import refuse_existing
+from ..progress import progress_bar
+from ..tune.loop import TrainConfig, dist_setup, frozen_weights_in_bf16, is_main, train
 from ..tune.losses import (IGNORE_INDEX, backbone_and_head, chunked_head_loss, fused_ce_kl,
                            hidden_states, shift_labels)
+from . import teacher_cache as tc
 
 KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
 
@@ -121,10 +127,6 @@ class DistillConfig(BaseModel):
             raise OptionError("w_kl", "all loss weights are 0: set {w_kl}, {w_ce} or "
                               "{w_hidden} above 0")
         return self
-
-    @property
-    def uses_teacher_logits(self) -> bool:
-        return self.w_kl > 0
 
     def cache_top_k(self, vocab: int) -> int:
         return min(self.top_k or 64, vocab)
@@ -384,7 +386,6 @@ def cross_blocks(records: list[dict], s_tok, t_tok, seq_len: int
                  ) -> tuple[torch.Tensor, CrossBlocks]:
     """Student blocks (N, T) packed as :func:`slmkit.data.blocks` does, and the teacher's
     tokens and alignment for each (see :class:`CrossBlocks`)."""
-    from ..data import record_text
     for name, tok in (("student", s_tok), ("teacher", t_tok)):
         if not getattr(tok, "is_fast", False):
             raise SlmError(f"the {name}'s tokenizer cannot report character offsets",
@@ -434,8 +435,6 @@ def train_blocks(cfg: DistillConfig, tokenizer, world: int = 1, teacher_tokenize
     over epochs. With ``teacher_tokenizer`` (cross-tokenizer distillation) the
     teacher's tokens of each block and the alignment come too.
     """
-    from ..data import blocks as data_blocks
-    from ..data import load_split
     cross = None
     if teacher_tokenizer is None:
         blocks = data_blocks(cfg.data, tokenizer, cfg.seq_len, which="train")
@@ -458,32 +457,19 @@ def train_blocks(cfg: DistillConfig, tokenizer, world: int = 1, teacher_tokenize
     return blocks, steps, cross
 
 
-def val_blocks(cfg: DistillConfig, tokenizer) -> torch.Tensor | None:
-    """Held-out blocks (M, T) from the validation split, at most ``val_tokens`` tokens."""
+def val_ids(cfg: DistillConfig, slm) -> list[int] | None:
+    """The held-out ids the perplexities score: the first ``val_tokens`` of the val split
+    of ``data``, as ``slm eval`` reads them (None when there are none)."""
     if cfg.val_tokens <= 0:
         return None
-    from ..data import token_stream
-    ids = token_stream(cfg.data, tokenizer, "val", max_tokens=cfg.val_tokens)
-    n = len(ids) // cfg.seq_len
-    return torch.tensor(ids[:n * cfg.seq_len]).view(n, cfg.seq_len) if n else None
+    ids = engine_tokens(model_engine(slm.model, slm.tokenizer), cfg.data, "val", cfg.val_tokens)
+    return ids if len(ids) > 1 else None
 
 
-@torch.no_grad()
-def block_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, bf16: bool = True,
-              chunk_tokens: int = 1024) -> float:
-    """Perplexity over disjoint blocks (M, T): exp(mean next-token NLL), bf16 autocast optional."""
-    from ..tune.losses import causal_lm_loss
-    was = model.training
-    model.eval()
-    nll, n = 0.0, 0
-    device = model_device(model)
-    with torch.autocast(autocast_type(device), dtype=torch.bfloat16, enabled=bf16):
-        for b in blocks.split(batch_size):
-            loss, m = causal_lm_loss(model, {"input_ids": b.to(device)}, chunk_tokens)
-            nll += float(loss) * m["loss_tokens"]
-            n += m["loss_tokens"]
-    model.train(was)
-    return math.exp(nll / max(1, n))
+def val_ppl(model: nn.Module, tokenizer, ids: list[int], cfg: DistillConfig) -> float:
+    """Perplexity of ``model`` on ``ids`` (evaluate's, with the step's window)."""
+    engine = model_engine(model, tokenizer)
+    return perplexity(engine, ids, *step_window(cfg.seq_len), progress=False)["ppl"]
 
 
 # ---------------------------------------------------------------- checks
@@ -503,7 +489,6 @@ def check_tokenizers(teacher_tok, student_tok) -> None:
 
 
 def check_sizes(teacher: nn.Module, student: nn.Module, cross_tokenizer: bool = False) -> None:
-    from ..models.io import count_params
     vt, vs = teacher.config.vocab_size, student.config.vocab_size
     if vt != vs and not cross_tokenizer:
         raise SlmError(f"teacher vocab_size {vt} != student vocab_size {vs}",
@@ -526,8 +511,6 @@ def weights_hash(model: nn.Module) -> str:
 def teacher_files_fingerprint(spec: str) -> str:
     """Identity of a teacher from its files, without loading it: SHA-256 over config.json
     and every weights file, whole (16 hex digits)."""
-    from ..models.catalog import CATALOG
-    from ..models.io import builtin_gguf
     path = builtin_gguf(spec) if spec in CATALOG else Path(spec).expanduser()
     files = [path] if path.is_file() else sorted(
         [*path.glob("config.json"), *path.glob("*.safetensors")])
@@ -558,7 +541,6 @@ def student_config(config: str | dict | Path, overrides: dict | None = None,
     Returns:
         (config dict, the transformers config built from it).
     """
-    from ..models.catalog import CATALOG, hf_config
     if isinstance(config, dict):
         base = dict(config)
     elif str(config) in CATALOG:
@@ -582,11 +564,9 @@ def student_config(config: str | dict | Path, overrides: dict | None = None,
                            f"'{key}'", "e.g. num_hidden_layers, hidden_size, "
                            "intermediate_size, num_attention_heads")
         old = defaults[key]
-        if isinstance(old, (int, float)) and not isinstance(old, bool) and (
-                isinstance(value, bool) or not isinstance(value, (int, float))
-                or (isinstance(old, int) and not isinstance(value, int))):
+        if not _same_type(old, value):
             raise SlmError(f"{option} {key}={value!r}: expected {type(old).__name__}, like the "
-                           f"default {old}", f"e.g. {option} {key}={old}")
+                           f"default {json.dumps(old)}", f"e.g. {option} {key}={json.dumps(old)}")
         if isinstance(old, (int, float)) and not isinstance(old, bool) and value <= 0:
             raise SlmError(f"{option} {key}={value}: must be positive")
     base.update(overrides or {})
@@ -596,6 +576,17 @@ def student_config(config: str | dict | Path, overrides: dict | None = None,
         why = " ".join(str(exc).split())[:240] or type(exc).__name__
         raise SlmError(f"{option}: the student config is not valid ({why})",
                        "check the values given with --set") from None
+
+
+def _same_type(old, value) -> bool:
+    """Whether ``value`` may replace the config value ``old`` (an int where a float is)."""
+    if old is None or isinstance(old, dict):
+        return True
+    if isinstance(old, bool) or isinstance(value, bool):
+        return isinstance(old, bool) and isinstance(value, bool)
+    if isinstance(old, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(old))
 
 
 def init_student(teacher, config: str | dict | Path, seed: int = 0, **overrides):
@@ -609,8 +600,6 @@ def init_student(teacher, config: str | dict | Path, seed: int = 0, **overrides)
     """
     from transformers import AutoModelForCausalLM
 
-    from ..models.catalog import hf_config
-    from ..models.io import SLM, load
     base, _ = student_config(config, overrides)                # checked before any load
     t = teacher if isinstance(teacher, SLM) else load(teacher)
     tc = t.model.config
@@ -632,8 +621,6 @@ def _barrier(world: int) -> None:
 
 def _make_cache(cfg, teacher_slm, blocks, t_fp, rank, world, progress) -> dict:
     """Build the cache (shards split over ranks) and return its manifest."""
-    from ..progress import progress_bar
-    from . import teacher_cache as tc
     teacher = Teacher(teacher_slm.model)
     k = cfg.cache_top_k(teacher_slm.model.config.vocab_size)
 
@@ -662,7 +649,6 @@ def _make_cache(cfg, teacher_slm, blocks, t_fp, rank, world, progress) -> dict:
 
 
 def _load_teacher(cfg, student_slm, t=None):
-    from ..models.io import load
     t = t or load(cfg.teacher, device=cfg.device)
     if not cfg.cross_tokenizer:
         check_tokenizers(t.tokenizer, student_slm.tokenizer)
@@ -674,7 +660,6 @@ def _load_teacher(cfg, student_slm, t=None):
 def setup_teacher(cfg: DistillConfig, student_slm, blocks, rank: int, world: int,
                   progress: bool, teacher_slm=None) -> tuple:
     """(teacher SLM or None, CacheReader or None, info dict) for this run."""
-    from . import teacher_cache as tc
     info: dict = {}
     if cfg.cross_tokenizer:
         return _load_teacher(cfg, student_slm, teacher_slm), None, info
@@ -712,7 +697,6 @@ def setup_teacher(cfg: DistillConfig, student_slm, blocks, rank: int, world: int
 # ---------------------------------------------------------------- run
 
 def _train_config(cfg: DistillConfig, steps: int):
-    from ..tune.loop import TrainConfig
     return TrainConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=steps,
                        schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio,
                        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
@@ -736,8 +720,7 @@ def build_module(cfg: DistillConfig, student: nn.Module, teacher: nn.Module | No
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    refuse_existing(out, overwrite)
 
 
 def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,
@@ -756,8 +739,6 @@ def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,
     Returns:
         The report (also written to ``out/report.json``).
     """
-    from ..models.io import SLM, dir_bytes, load, replace_dir, save
-    from ..tune.loop import dist_setup, frozen_weights_in_bf16, is_main, train
     t0 = time.time()
     out = Path(out)
     _check_out(out, overwrite)
@@ -768,7 +749,7 @@ def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,
     t_pre = load(cfg.teacher, device=cfg.device) if cfg.cross_tokenizer else None
     blocks, steps, cross = train_blocks(cfg, s_slm.tokenizer, world,
                                         t_pre.tokenizer if t_pre else None)
-    vblocks = val_blocks(cfg, s_slm.tokenizer)
+    vids = val_ids(cfg, s_slm)
     t_slm, cache, info = setup_teacher(cfg, s_slm, blocks, rank, world, progress, t_pre)
     if cross is not None:
         info["cross_tokenizer"] = {"aligned_fraction": round(cross.aligned_fraction, 4),
@@ -779,11 +760,11 @@ def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,
     teacher = Teacher(t_slm.model if t_slm else None)
     if t_slm is not None:
         info.setdefault("teacher_sha256_before", weights_hash(t_slm.model))
-        if vblocks is not None and is_main() and not cfg.cross_tokenizer:
-            info["teacher_val_ppl"] = block_ppl(t_slm.model, vblocks, cfg.batch_size, cfg.bf16)
+        if vids is not None and is_main() and not cfg.cross_tokenizer:
+            info["teacher_val_ppl"] = val_ppl(t_slm.model, t_slm.tokenizer, vids, cfg)
     module = build_module(cfg, s_slm.model, t_slm.model if t_slm else None)
-    eval_fn = None if vblocks is None else (
-        lambda: {"val_ppl": block_ppl(module.student, vblocks, cfg.batch_size, cfg.bf16)})
+    eval_fn = None if vids is None else (
+        lambda: {"val_ppl": val_ppl(module.student, s_slm.tokenizer, vids, cfg)})
     partial = out.with_name(out.name + ".partial")
     with frozen_weights_in_bf16(teacher.model, cfg.bf16 and teacher.model is not None,
                                 whole_base=True):
@@ -812,7 +793,6 @@ def _short(report: dict) -> dict:
 
 
 def _report(cfg, s_slm, t_slm, rep, info, steps, world) -> dict:
-    from ..models.io import count_params
     evals = rep.eval_curve
     r = {"step": "distill", "teacher": cfg.teacher, "params": count_params(s_slm.model),
          "teacher_params": count_params(t_slm.model) if t_slm else None,

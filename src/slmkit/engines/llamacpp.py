@@ -9,10 +9,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..models.io import check_gguf
 from . import chat_format
 from .base import GenStats, token_logprobs, track
 from .chat_format import end_of_turn_ids
 from .llama_lib import llama_cpp
+from .llamacpp_score import LlamaCppScorer
 
 
 class LlamaCppEngine:
@@ -28,7 +30,6 @@ class LlamaCppEngine:
         # every core, which stalls prefill when the CPU is shared.
         threads = n_threads or os.cpu_count()
         if lora_path is not None:
-            from ..models.io import check_gguf
             check_gguf(Path(lora_path))
         self.lora_path = lora_path
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
@@ -37,6 +38,7 @@ class LlamaCppEngine:
         self.context_length = self.llm.n_ctx()
         self.eos_ids = {self.llm.token_eos()} | end_of_turn_ids(self._special_id)
         self._chat = None                     # chosen on first use (it may print a note)
+        self._scorer = None                   # batched scoring context, made on first use
 
     def _special_id(self, text: str) -> int | None:
         ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -83,6 +85,13 @@ class LlamaCppEngine:
             out.append(token_logprobs(torch.cat([last[None], rows]), s))
         return out
 
+    def score_many(self, items: list[tuple[list[int], list[list[int]]]]) -> list[list[torch.Tensor]]:
+        """:meth:`score_suffixes` for many ``(prefix, suffixes)`` items, several questions per
+        llama.cpp decode call (:class:`~.llamacpp_score.LlamaCppScorer`, made on first use)."""
+        if self._scorer is None:
+            self._scorer = LlamaCppScorer(self)
+        return self._scorer.score(items)
+
     def reset_cache(self) -> None:
         """Forget the previous prompt, so the next generation prefills every prompt token
         (llama-cpp-python otherwise reuses the KV cache of a shared prefix)."""
@@ -114,6 +123,5 @@ class LlamaCppEngine:
 def _check_once(path: str, size: int, mtime_ns: int) -> None:
     """``check_gguf`` once per file version: parsing a large vocabulary takes seconds,
     and a server opens one instance per concurrent sequence."""
-    from ..models.io import check_gguf
     check_gguf(Path(path))
 

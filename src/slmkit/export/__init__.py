@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..device import Device
 from ..errors import SlmError
-from .gguf_file import DIRECT_TYPES, GGUF_ARCHS
+from ..models.gguf_meta import read_header, type_name
+from ..models.io import SLM, count_params, load
+from ..outputs import atomic_write_text, refuse_existing, temp_path
+from .gguf_file import DIRECT_TYPES, GGUF_ARCHS, gguf_arch, write_gguf
+from .gguf_lora import export_gguf_lora
+from .hf import export_hf
+from .modelfile import write_modelfile
+from .parity import gguf_parity, parity_ids
 
 # llama.cpp's quantizer handles these (and the direct types, from an f32 file)
 LLAMACPP_TYPES = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m",
@@ -38,8 +45,8 @@ class ExportConfig(BaseModel):
     parity_tokens: int = Field(256, ge=0, description="held-out tokens for the parity check; "
                                "0 = skip")
     parity_text: str = "python-docs"
-    system: str | None = Field(None, description="gguf: the system prompt the Modelfile "
-                               "beside the GGUF sets (Ollama's SYSTEM)")
+    system: str | None = Field(None, description="System prompt of the Modelfile written "
+                               "beside a GGUF (Ollama's SYSTEM)")
     fp32: bool = Field(False, description="hf: write fp32 weights instead of the model's own "
                        "dtype (bf16 unless it was made in another)")
 
@@ -67,23 +74,19 @@ def run_export(model, out, cfg: ExportConfig, *, overwrite: bool = False) -> dic
         the report (also written as ``report.json`` next to a GGUF file, as
         ``<name>.report.json``, or inside the HF directory).
     """
-    from ..models.io import SLM, load
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    refuse_existing(out, overwrite)
     slm = model if isinstance(model, SLM) else load(model)
     t0 = time.perf_counter()
     if cfg.format == "hf":
-        from .hf import export_hf
         report = export_hf(slm, out, cfg)
     elif cfg.format == "gguf-lora":
-        from .gguf_lora import export_gguf_lora
         report = export_gguf_lora(slm, out, cfg)
     else:
         report = _export_gguf(slm, out, cfg)
     report["export_s"] = round(time.perf_counter() - t0, 2)
     rpath = out / "report.json" if out.is_dir() else out.with_name(out.name + ".report.json")
-    rpath.write_text(json.dumps(report, indent=2))
+    atomic_write_text(rpath, json.dumps(report, indent=2))
     report["report_path"] = str(rpath)
     return report
 
@@ -97,15 +100,11 @@ def _source_gguf(slm) -> str | None:
 
 
 def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
-    from ..models.io import count_params
-    from .gguf_file import gguf_arch, write_gguf
-    from .modelfile import write_modelfile
     gguf_arch(slm.model)                                   # unknown architecture: fail first
     if out.suffix != ".gguf":
         raise SlmError(f"GGUF output {out} should end in .gguf", "name the file model.gguf")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp2 = out.with_name(f".{out.name}.f32-{os.getpid()}")
+    tmp, tmp2 = temp_path(out), temp_path(out, "f32")
     try:
         if cfg.type in DIRECT_TYPES:
             info = write_gguf(slm, tmp, cfg.type, _source_gguf(slm))
@@ -118,7 +117,6 @@ def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
                   "params": count_params(slm.model), "bytes_on_disk": tmp.stat().st_size, **info}
         report["llamacpp_load"] = load_check(tmp)
         if cfg.parity_tokens:
-            from .parity import gguf_parity, parity_ids
             ids = parity_ids(slm.tokenizer, cfg.parity_tokens, cfg.parity_text)
             report["parity"] = gguf_parity(slm, tmp, ids, cfg.parity_text, cfg.device)
         os.replace(tmp, out)
@@ -150,7 +148,6 @@ def load_check(path: Path) -> dict:
 
 def _tensor_types(path: Path) -> dict[str, int]:
     """How many tensors of each GGML type a GGUF file holds."""
-    from ..models.gguf_meta import read_header, type_name
     counts: dict[str, int] = {}
     for t in read_header(path).tensors:
         name = type_name(t.type)

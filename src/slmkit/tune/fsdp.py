@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import SlmError
+from ..models.arch import all_decoder_layers
 
 _ROOT = "model."                    # prefix of the model's names inside the root module
 
@@ -83,7 +84,6 @@ class Sharded:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        from .loop import all_decoder_layers
         check_shardable(model)
         self.model = model
         shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}

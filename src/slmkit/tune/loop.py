@@ -58,9 +58,13 @@ from torch import nn
 from ..device import Device
 from ..device import autocast_type, model_device, resolve_device, to_device
 from ..errors import SlmError
+from ..models.arch import all_decoder_layers
+from ..models.io import count_params
 from ..outputs import clean_stale_in, disk_full, remove, temp_path
 from .attention import blocked_attention_for
+from .fsdp import Sharded
 from .heap import reuse_heap
+from .losses import compiled_ce
 from .schedule import lr_factor
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
@@ -321,24 +325,9 @@ def enable_grad_checkpointing(model: nn.Module) -> int:
     return n
 
 
-def all_decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The decoder layers of every HF CausalLM inside ``model`` (a PEFT model, or a
-    wrapper holding a student), found through the architecture table."""
-    from transformers import PreTrainedModel
-
-    from ..models.arch import ARCHS, decoder_layers
-    found = []
-    for m in model.modules():
-        if (isinstance(m, PreTrainedModel) and getattr(m.config, "model_type", None) in ARCHS
-                and m.get_output_embeddings() is not None):       # the CausalLM, not its backbone
-            found.extend(decoder_layers(m))
-    return found
-
-
 def should_compile(model: nn.Module, cfg: "TrainConfig") -> bool:
     if cfg.compile is not None:
         return cfg.compile
-    from ..models.io import count_params
     return (count_params(model) >= COMPILE_MIN_PARAMS
             and cfg.max_steps * cfg.grad_accum >= COMPILE_MIN_STEPS)
 
@@ -357,7 +346,6 @@ def compiled_layers(model: nn.Module, enabled: bool):
         return
     import torch._dynamo
 
-    from .losses import compiled_ce
     suppress = torch._dynamo.config.suppress_errors
     torch._dynamo.config.suppress_errors = True
     for layer in layers:
@@ -427,13 +415,16 @@ def _rng_state() -> dict:
     return {"torch": torch.get_rng_state()}
 
 
-def save_checkpoint(work_dir: Path, params, optim, state: dict, rngs: list) -> Path | None:
+def save_checkpoint(work_dir: Path, params, optim, state: dict, rngs: list,
+                    eval_state: dict | None = None) -> Path | None:
     """Write one checkpoint atomically (temp dir + rename) from rank 0; keep the newest few.
 
     Args:
         params: full trainable tensors by name, or a function returning them.
         optim: the optimizer's ``state_dict()`` (torch's layout, parameters by index), or
             a function returning it.
+        eval_state: what the eval function keeps between calls (its ``state_dict()``:
+            tensors and numbers), restored on resume.
 
     Functions are called one after the other on every rank that calls this (under FSDP
     they gather the shards, so rank 0 holds only one of the two in full at a time); only
@@ -449,7 +440,7 @@ def save_checkpoint(work_dir: Path, params, optim, state: dict, rngs: list) -> P
         remove(tmp)
         tmp.mkdir()
     try:
-        _write_checkpoint(tmp, main, params, optim, state, rngs)
+        _write_checkpoint(tmp, main, params, optim, state, rngs, eval_state)
     except OSError as exc:
         remove(tmp)
         if not disk_full(exc):
@@ -469,7 +460,8 @@ def save_checkpoint(work_dir: Path, params, optim, state: dict, rngs: list) -> P
     return final
 
 
-def _write_checkpoint(tmp: Path, main: bool, params, optim, state: dict, rngs: list) -> None:
+def _write_checkpoint(tmp: Path, main: bool, params, optim, state: dict, rngs: list,
+                      eval_state: dict | None = None) -> None:
     """The checkpoint's files into ``tmp`` (rank 0 writes; every rank gathers)."""
     from safetensors.torch import save_file
     tensors = params() if callable(params) else params
@@ -477,7 +469,8 @@ def _write_checkpoint(tmp: Path, main: bool, params, optim, state: dict, rngs: l
         save_file({n: p.detach().contiguous() for n, p in tensors.items()},
                   str(tmp / "params.safetensors"))
     del tensors
-    blob = {"optimizer": optim() if callable(optim) else optim, "rng": rngs}
+    blob = {"optimizer": optim() if callable(optim) else optim, "rng": rngs,
+            "eval_state": eval_state or {}}
     if not main:
         return
     torch.save(blob, tmp / "trainer.pt")
@@ -488,7 +481,8 @@ def _write_checkpoint(tmp: Path, main: bool, params, optim, state: dict, rngs: l
 def load_checkpoint(path: Path, params: dict, opt, cfg: TrainConfig, rank: int,
                     sharded=None) -> dict:
     """Restore parameters, optimizer and RNG from ``path`` (into this rank's shards when
-    ``sharded``, a :class:`slmkit.tune.fsdp.Sharded`); returns its state dict."""
+    ``sharded``, a :class:`slmkit.tune.fsdp.Sharded`); returns its state dict (with the
+    eval function's saved state under ``eval_state``)."""
     from safetensors.torch import load_file
     state = json.loads((path / "state.json").read_text())
     if state.get("curve_fingerprint") != cfg.curve_fingerprint():
@@ -514,6 +508,7 @@ def load_checkpoint(path: Path, params: dict, opt, cfg: TrainConfig, rank: int,
     rngs = blob["rng"]
     torch.set_rng_state(rngs[min(rank, len(rngs) - 1)]["torch"])
     random.setstate(_py_rng_from_json(state["py_rng"]))
+    state["eval_state"] = blob.get("eval_state") or {}
     return state
 
 
@@ -602,7 +597,7 @@ def _evaluate(model, eval_fn, run, sharded=None, bf16: bool = False) -> None:
                            **{k: float(v) for k, v in out.items()}})
 
 
-def _checkpoint(work_dir, params, opt, cfg, run, world, sharded=None) -> None:
+def _checkpoint(work_dir, params, opt, cfg, run, world, sharded=None, eval_fn=None) -> None:
     rngs = [_rng_state()]
     if world > 1:
         rngs = [None] * world
@@ -611,11 +606,13 @@ def _checkpoint(work_dir, params, opt, cfg, run, world, sharded=None) -> None:
              "time_s": run.time_s, "loss_curve": run.loss_curve, "eval_curve": run.eval_curve,
              "py_rng": list(random.getstate()), "curve_fingerprint": cfg.curve_fingerprint(),
              "config": cfg.model_dump(mode="json"), "world_size": world}
+    # what the eval function keeps between calls (early stopping's best weights)
+    kept = eval_fn.state_dict() if is_main() and hasattr(eval_fn, "state_dict") else None
     if sharded is not None:                  # every rank helps gather the full tensors
         save_checkpoint(work_dir, partial(sharded.full_trainable, list(params)),
-                        partial(sharded.full_optimizer, opt), state, rngs)
+                        partial(sharded.full_optimizer, opt), state, rngs, kept)
     elif is_main():
-        save_checkpoint(work_dir, params, opt.state_dict(), state, rngs)
+        save_checkpoint(work_dir, params, opt.state_dict(), state, rngs, kept)
 
 
 def _progress(enabled: bool, total: int, done: int):
@@ -651,13 +648,16 @@ def _stop_requested(run, world: int) -> bool:
     return bool(flag.item())
 
 
-def _resume(work_dir, params, opt, cfg, rank, run, sharded=None) -> int | None:
+def _resume(work_dir, params, opt, cfg, rank, run, sharded=None, eval_fn=None) -> int | None:
     ckpts = checkpoint_dirs(work_dir)
     if not ckpts:
         return None
     state = load_checkpoint(ckpts[-1], params, opt, cfg, rank, sharded)
     for k in ("step", "position", "tokens", "time_s", "loss_curve", "eval_curve"):
         setattr(run, k, state[k])
+    if state["eval_state"] and hasattr(eval_fn, "load_state_dict"):
+        eval_fn.load_state_dict(state["eval_state"])
+    note(f"resuming from step {run.step} of {cfg.max_steps} (checkpoint {ckpts[-1]})")
     return run.step
 
 
@@ -677,7 +677,9 @@ def train(model: nn.Module, batches, loss_fn: LossFn, cfg: TrainConfig, work_dir
         work_dir: checkpoints go to ``work_dir/checkpoints``.
         eval_fn: ``eval_fn() -> {name: float}`` run (rank 0, no_grad, eval mode) every
             ``cfg.eval_every`` steps and at the end; a truthy ``stop`` in its result
-            ends training after that eval (early stopping).
+            ends training after that eval (early stopping). If it has ``state_dict()`` and
+            ``load_state_dict()``, what it keeps between calls goes into the checkpoints
+            and comes back on resume.
         resume: continue from the newest checkpoint in ``work_dir`` if there is one.
         progress: show a progress bar (rank 0 only).
 
@@ -725,7 +727,6 @@ def _setup(model, loss_fn, cfg, world, fsdp):
     model.train()
     if not fsdp:
         return params, None, partial(loss_fn, model)
-    from .fsdp import Sharded
     sharded = Sharded(model, world)
     return sharded.trainable(), sharded, partial(sharded, loss_fn)
 
@@ -735,12 +736,13 @@ def _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress, ra
     random.seed(cfg.seed + rank)
     params, sharded, forward = _setup(model, loss_fn, cfg, world, fsdp)
     opt, run = make_optimizer(params, cfg), _Run()
-    resumed = _resume(work_dir, params, opt, cfg, rank, run, sharded) if resume else None
+    resumed = _resume(work_dir, params, opt, cfg, rank, run, sharded, eval_fn) if resume else None
     if resumed is None and cfg.eval_at_start:
         _evaluate(model, eval_fn, run, sharded, cfg.bf16)
     seg_tokens, seg_time = 0, 0.0
+    stopped = resumed is not None and _stop_requested(run, world)   # it had stopped early
     with _progress(progress and is_main(), cfg.max_steps, run.step) as bar:
-        while run.step < cfg.max_steps:
+        while run.step < cfg.max_steps and not stopped:
             t0, tok0 = time.perf_counter(), run.tokens
             row = _optimizer_step(forward, batches, cfg, run, opt, params, rank, world, sharded)
             dt = time.perf_counter() - t0
@@ -756,10 +758,10 @@ def _train(model, batches, loss_fn, cfg, work_dir, eval_fn, resume, progress, ra
                 if _stop_requested(run, world):
                     break
             if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step < cfg.max_steps:
-                _checkpoint(work_dir, params, opt, cfg, run, world, sharded)
+                _checkpoint(work_dir, params, opt, cfg, run, world, sharded, eval_fn)
     if not run.eval_curve or run.eval_curve[-1]["step"] != run.step:
         _evaluate(model, eval_fn, run, sharded, cfg.bf16)
-    _checkpoint(work_dir, params, opt, cfg, run, world, sharded)
+    _checkpoint(work_dir, params, opt, cfg, run, world, sharded, eval_fn)
     held = state_bytes(params, opt)
     if sharded is not None:
         del opt                              # free the moments before the full weights return
