@@ -23,6 +23,7 @@ from ..models.gguf_meta import read_header, type_name
 from ..models.io import SLM, count_params, load
 from ..outputs import atomic_write_text, refuse_existing, temp_path
 from .gguf_file import DIRECT_TYPES, GGUF_ARCHS, gguf_arch, write_gguf
+from .gguf_lora import export_gguf_lora
 from .hf import export_hf
 from .modelfile import write_modelfile
 from .parity import gguf_parity, parity_ids
@@ -44,8 +45,8 @@ class ExportConfig(BaseModel):
     parity_tokens: int = Field(256, ge=0, description="held-out tokens for the parity check; "
                                "0 = skip")
     parity_text: str = "python-docs"
-    system: str | None = Field(None, description="gguf: the system prompt the Modelfile "
-                               "beside the GGUF sets (Ollama's SYSTEM)")
+    system: str | None = Field(None, description="System prompt of the Modelfile written "
+                               "beside a GGUF (Ollama's SYSTEM)")
     fp32: bool = Field(False, description="hf: write fp32 weights instead of the model's own "
                        "dtype (bf16 unless it was made in another)")
 
@@ -80,7 +81,6 @@ def run_export(model, out, cfg: ExportConfig, *, overwrite: bool = False) -> dic
     if cfg.format == "hf":
         report = export_hf(slm, out, cfg)
     elif cfg.format == "gguf-lora":
-        from .gguf_lora import export_gguf_lora
         report = export_gguf_lora(slm, out, cfg)
     else:
         report = _export_gguf(slm, out, cfg)

@@ -146,7 +146,11 @@ def translate(render) -> tuple[Pieces, str]:
     p = probe(render)
     for conv in CHECKS:
         gen = conv[-1]["role"] == "user"
-        if p.predict(conv, gen) != render(conv, gen):
+        try:
+            want = render(conv, gen)
+        except Exception as exc:                   # the template refused a check conversation
+            raise Untranslatable(f"it refused a conversation ({exc})") from None
+        if p.predict(conv, gen) != want:
             raise Untranslatable("its render of a multi-turn conversation is not "
                                  "per-message")
     return p, go_template(p)
