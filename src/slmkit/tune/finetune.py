@@ -33,11 +33,15 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..data.batches import Batches
 from ..device import Device, autocast_type, model_device, to_device
 from ..errors import SlmError
 from ..paths import peak_rss
 from ..models.io import SLM, dir_bytes, load, replace_dir, save
 from . import adapters
+from .config import TrainConfig
+from .distributed import barrier, dist_setup, is_main
+from .loop import train
 from .sft_data import IGNORE, Packed, encode_records, pack_examples
 
 DEFAULT_LR = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 3e-5}
@@ -150,24 +154,6 @@ def eval_loss(model: torch.nn.Module, data: Packed, batch_size: int = 4,
 
 # ---------------------------------------------------------------- data
 
-class PackedBatches:
-    """``Packed`` blocks as the loop's dataset of equal-size batches (last partial dropped)."""
-
-    def __init__(self, data: Packed, batch_size: int):
-        if len(data) < batch_size:
-            raise SlmError(f"the training data fills {len(data)} blocks, fewer than one batch of "
-                           f"{batch_size}", "add data, or lower batch_size or seq_len")
-        self.data, self.batch_size = data, batch_size
-
-    def __len__(self) -> int:
-        return len(self.data) // self.batch_size
-
-    def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self.data.batch(slice(i * self.batch_size, (i + 1) * self.batch_size))
-
-
 def prepare_data(cfg: FinetuneConfig, tokenizer) -> tuple[Packed, Packed | None, dict]:
     """Train and validation blocks of ``cfg.data``, and a summary of them."""
     from ..data import load_split, read_records, split
@@ -233,8 +219,7 @@ class EarlyStopper:
 
 # ---------------------------------------------------------------- run
 
-def _train_cfg(cfg: FinetuneConfig, steps: int):
-    from .loop import TrainConfig
+def _train_cfg(cfg: FinetuneConfig, steps: int) -> TrainConfig:
     every = cfg.eval_every or max(1, steps // 8)
     return TrainConfig(lr=cfg.peak_lr(), warmup_steps=min(cfg.warmup_steps, steps // 4),
                        max_steps=steps, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
@@ -262,7 +247,6 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
     Returns:
         the report dict (also written to ``out/report.json``).
     """
-    from .loop import dist_setup, is_main, train
     out = Path(out)
     if out.exists() and not overwrite:
         raise SlmError(f"{out} already exists", "choose another --out or pass --force")
@@ -272,7 +256,7 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
     fingerprint = adapters.base_fingerprint(slm.model)
     n_params = slm.n_params
     train_data, val, info = prepare_data(cfg, slm.tokenizer)
-    batches = PackedBatches(train_data, cfg.batch_size)
+    batches = Batches(train_data.columns(), cfg.batch_size)
     steps = plan_steps(cfg, len(batches), world)
     net = adapters.setup_model(slm.model, cfg.method, rank=cfg.rank, alpha=cfg.alpha,
                                dropout=cfg.dropout, targets=cfg.targets,
@@ -287,9 +271,7 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
     report["params"] = n_params
     if is_main():                            # under torchrun rank 0 writes
         _write_outputs(slm, net, cfg, work, out, fingerprint, report)
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
+    barrier(world)
     return report
 
 

@@ -1,0 +1,205 @@
+"""``run_distill``: load, pick the blocks, set up the teacher, train on the one loop,
+report and save."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...data import blocks as data_blocks
+from ...data.batches import Batches
+from ...data import load_split, token_stream
+from ...device import autocast_type, model_device
+from ...errors import SlmError
+from ...models.io import SLM, count_params, dir_bytes, load, replace_dir, save
+from ...tune.config import TrainConfig
+from ...tune.distributed import barrier, dist_setup, is_main
+from ...tune.loop import train
+from ...tune.speedups import frozen_weights_in_bf16
+from ...tune.losses import causal_lm_loss
+from .align import CrossBlocks, cross_blocks
+from .config import DistillConfig
+from .losses import make_loss_fn
+from .student import build_module
+from .teacher import Teacher, setup_teacher, weights_hash
+
+
+# ---------------------------------------------------------------- data
+
+def distill_batches(blocks: torch.Tensor, batch_size: int, cache=None,
+                    cross: CrossBlocks | None = None) -> Batches:
+    """Token blocks (N, T) as the loop's batches; with a cache (a ``CacheReader``) each
+    batch also carries the teacher's top-k logits ``t_values`` (B, T, k) and
+    ``t_indices`` (B, T, k) of its blocks, with ``cross`` the teacher's tokens
+    ``t_input_ids`` (B, Tt) and the alignment ``t_align`` (B, T)."""
+    columns = {"input_ids": blocks, **(cross.columns() if cross is not None else {})}
+    lazy = None if cache is None else (
+        lambda lo, hi: dict(zip(("t_values", "t_indices"), cache.blocks(lo, hi))))
+    return Batches(columns, batch_size, lazy)
+
+
+def train_blocks(cfg: DistillConfig, tokenizer, world: int = 1, teacher_tokenizer=None
+                 ) -> tuple[torch.Tensor, int, CrossBlocks | None]:
+    """(blocks (N, T) used for training, optimizer steps, the teacher's view or None).
+
+    When the data holds more blocks than the budget needs, a seeded random subset
+    is used (so a cache covers exactly what is trained on); fewer blocks repeat
+    over epochs. With ``teacher_tokenizer`` (cross-tokenizer distillation) the
+    teacher's tokens of each block and the alignment come too.
+    """
+    cross = None
+    if teacher_tokenizer is None:
+        blocks = data_blocks(cfg.data, tokenizer, cfg.seq_len, which="train")
+    else:
+        blocks, cross = cross_blocks(load_split(cfg.data, "train"), tokenizer,
+                                     teacher_tokenizer, cfg.seq_len)
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    steps = max(1, math.ceil(cfg.tokens / (per_step * cfg.seq_len)))
+    if len(blocks) < cfg.batch_size:
+        raise SlmError(f"data '{cfg.data}' gives {len(blocks)} blocks of {cfg.seq_len} tokens, "
+                       f"fewer than one batch of {cfg.batch_size}",
+                       "add data or lower seq_len / batch_size")
+    need = steps * per_step
+    if need < len(blocks):
+        g = torch.Generator().manual_seed(cfg.seed)
+        keep = torch.randperm(len(blocks), generator=g)[:need].sort().values
+        blocks = blocks[keep]
+        if cross is not None:
+            cross = cross.select(keep)
+    return blocks, steps, cross
+
+
+def val_blocks(cfg: DistillConfig, tokenizer) -> torch.Tensor | None:
+    """Held-out blocks (M, T) from the validation split, at most ``val_tokens`` tokens."""
+    if cfg.val_tokens <= 0:
+        return None
+    ids = token_stream(cfg.data, tokenizer, "val", max_tokens=cfg.val_tokens)
+    n = len(ids) // cfg.seq_len
+    return torch.tensor(ids[:n * cfg.seq_len]).view(n, cfg.seq_len) if n else None
+
+
+@torch.no_grad()
+def block_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, bf16: bool = True,
+              chunk_tokens: int = 1024) -> float:
+    """Perplexity over disjoint blocks (M, T): exp(mean next-token NLL), bf16 autocast optional."""
+    was = model.training
+    model.eval()
+    nll, n = 0.0, 0
+    device = model_device(model)
+    with torch.autocast(autocast_type(device), dtype=torch.bfloat16, enabled=bf16):
+        for b in blocks.split(batch_size):
+            loss, m = causal_lm_loss(model, {"input_ids": b.to(device)}, chunk_tokens)
+            nll += float(loss) * m["loss_tokens"]
+            n += m["loss_tokens"]
+    model.train(was)
+    return math.exp(nll / max(1, n))
+
+
+# ---------------------------------------------------------------- run
+
+def _train_config(cfg: DistillConfig, steps: int) -> TrainConfig:
+    return TrainConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=steps,
+                       schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio,
+                       weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                       grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
+                       grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile,
+                       eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every, seed=cfg.seed,
+                       parallel="fsdp" if cfg.fsdp else "ddp", device=cfg.device)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+
+
+def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,
+                progress: bool = True) -> dict:
+    """Distil ``cfg.teacher`` into ``student`` and save the student to ``out``.
+
+    Args:
+        student: model spec (a pruned teacher, typically) or an SLM (e.g. from
+            :func:`init_student`).
+        out: output directory, written atomically; checkpoints live in
+            ``<out>.partial/checkpoints`` until the run finishes.
+        cfg: the distillation settings.
+        overwrite: replace an existing ``out``.
+        progress: progress bars.
+
+    Returns:
+        The report (also written to ``out/report.json``).
+    """
+    t0 = time.time()
+    out = Path(out)
+    _check_out(out, overwrite)
+    if cfg.w_kl + cfg.w_ce + cfg.w_hidden == 0:
+        raise SlmError("all loss weights are 0", "set w_kl, w_ce or w_hidden above 0")
+    rank, world = dist_setup()
+    s_slm = student if isinstance(student, SLM) else load(student)
+    t_pre = load(cfg.teacher, device=cfg.device) if cfg.cross_tokenizer else None
+    blocks, steps, cross = train_blocks(cfg, s_slm.tokenizer, world,
+                                        t_pre.tokenizer if t_pre else None)
+    vblocks = val_blocks(cfg, s_slm.tokenizer)
+    t_slm, cache, info = setup_teacher(cfg, s_slm, blocks, rank, world, progress, t_pre)
+    if cross is not None:
+        info["cross_tokenizer"] = {"aligned_fraction": round(cross.aligned_fraction, 4),
+                                   "teacher_vocab": len(t_pre.tokenizer),
+                                   "student_vocab": len(s_slm.tokenizer)}
+    if cache is not None and cfg.w_hidden == 0:
+        t_slm = None                                    # train from the cache alone
+    teacher = Teacher(t_slm.model if t_slm else None)
+    if t_slm is not None:
+        info.setdefault("teacher_sha256_before", weights_hash(t_slm.model))
+        if vblocks is not None and is_main() and not cfg.cross_tokenizer:
+            info["teacher_val_ppl"] = block_ppl(t_slm.model, vblocks, cfg.batch_size, cfg.bf16)
+    module = build_module(cfg, s_slm.model, t_slm.model if t_slm else None)
+    eval_fn = None if vblocks is None else (
+        lambda: {"val_ppl": block_ppl(module.student, vblocks, cfg.batch_size, cfg.bf16)})
+    partial = out.with_name(out.name + ".partial")
+    with frozen_weights_in_bf16(teacher.model, cfg.bf16 and teacher.model is not None,
+                                whole_base=True):
+        rep = train(module, distill_batches(blocks, cfg.batch_size, cache, cross),
+                    make_loss_fn(cfg, teacher),
+                    _train_config(cfg, steps), partial, eval_fn=eval_fn, resume=cfg.resume,
+                    progress=progress)
+    if t_slm is not None:
+        info["teacher_sha256_after"] = weights_hash(t_slm.model)
+    report = _report(cfg, s_slm, t_slm, rep, info, world)
+    if is_main():
+        report["time_s"] = round(time.time() - t0, 2)
+        tmp = save(s_slm, partial / "model", overwrite=True,
+                   step={"step": "distill", "config": cfg.model_dump(mode="json"),
+                         "report": _short(report)})
+        report["bytes"] = dir_bytes(tmp)
+        (tmp / "report.json").write_text(json.dumps(report, indent=1))
+        replace_dir(tmp, out)
+        shutil.rmtree(partial, ignore_errors=True)
+    barrier(world)
+    return report
+
+
+def _short(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("loss_curve",)}
+
+
+def _report(cfg, s_slm, t_slm, rep, info, world) -> dict:
+    evals = rep.eval_curve
+    r = {"step": "distill", "teacher": cfg.teacher, "params": count_params(s_slm.model),
+         "teacher_params": count_params(t_slm.model) if t_slm else None,
+         "steps": rep.steps, "tokens": rep.tokens, "tokens_per_s": round(rep.tokens_per_s, 1),
+         "train_time_s": round(rep.time_s, 2), "world_size": world, "parallel": rep.parallel,
+         "state_bytes_per_rank": rep.state_bytes,
+         "val_ppl_before": evals[0]["val_ppl"] if evals and evals[0]["step"] == 0 else None,
+         "val_ppl": evals[-1]["val_ppl"] if evals else None,
+         "final_loss": rep.final_loss, "resumed_from": rep.resumed_from,
+         "loss": {"kd": (("sorted_prob_l1" if cfg.cross_tokenizer else cfg.kd)
+                         if cfg.w_kl else None), "temperature": cfg.temperature,
+                  "w_kl": cfg.w_kl, "w_ce": cfg.w_ce, "w_hidden": cfg.w_hidden},
+         "eval_curve": evals, "loss_curve": rep.loss_curve, **info}
+    before, after = info.get("teacher_sha256_before"), info.get("teacher_sha256_after")
+    r["teacher_unchanged"] = (before == after) if before and after else None
+    return r
