@@ -23,15 +23,17 @@ PARALLEL_HELP = ("with WORLD_SIZE > 1 (torchrun): ddp keeps a full copy of the w
                  "all weights train, not LoRA)")
 
 
-class TrainConfig(BaseModel):
-    """Settings of one training run (optimizer, schedule, batching, checkpoints)."""
+class TrainSettings(BaseModel):
+    """The training loop's settings, declared once: :class:`TrainConfig` and the configs of
+    the steps that train (``FinetuneConfig``, ``DistillConfig``) inherit them, so a recipe
+    or the command line sets them by the same flat names, and a step hands them to the
+    loop with :meth:`train_config` instead of copying them field by field."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: Device = "auto"                # where PyTorch runs (slmkit.device)
     lr: float = Field(2e-4, gt=0, description="peak learning rate")
     warmup_steps: int = Field(10, ge=0)
-    max_steps: int = Field(100, ge=1, description="optimizer steps")
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay on matrices (not norms/biases)")
@@ -53,7 +55,6 @@ class TrainConfig(BaseModel):
                                     "skip the keys after them (tune/attention.py) while "
                                     "training; False = PyTorch's sdpa kernels")
     shuffle: bool = Field(True, description="reshuffle batch order each epoch (seeded)")
-    parallel: Literal["ddp", "fsdp"] = Field("ddp", description=PARALLEL_HELP)
     eval_every: int = Field(0, ge=0, description="steps between evals; 0 = only at the end")
     eval_at_start: bool = Field(True, description="also evaluate before the first step")
     ckpt_every: int = Field(50, ge=0, description="steps between checkpoints; 0 = only at the end")
@@ -61,6 +62,19 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(None, ge=1, description="CPU threads; default $OMP_NUM_THREADS "
                                 "or all cores split over this machine's ranks")
     seed: int = 0
+
+    def train_config(self, max_steps: int, **derived) -> "TrainConfig":
+        """The loop's config: these settings, ``max_steps``, and the values the step
+        derives for this run (``derived``, e.g. a learning rate chosen by method)."""
+        values = {k: getattr(self, k) for k in TrainSettings.model_fields}
+        return TrainConfig(**{**values, "max_steps": max_steps, **derived})
+
+
+class TrainConfig(TrainSettings):
+    """Settings of one training run (optimizer, schedule, batching, checkpoints)."""
+
+    max_steps: int = Field(100, ge=1, description="optimizer steps")
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description=PARALLEL_HELP)
 
     def curve_fingerprint(self) -> str:
         d = {k: getattr(self, k) for k in _CURVE_FIELDS}

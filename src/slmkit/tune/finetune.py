@@ -31,15 +31,15 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from ..data.batches import Batches
-from ..device import Device, autocast_type, model_device, to_device
+from ..device import autocast_type, model_device, to_device
 from ..errors import SlmError
 from ..paths import peak_rss
 from ..models.io import SLM, dir_bytes, load, replace_dir, save
 from . import adapters
-from .config import TrainConfig
+from .config import TrainConfig, TrainSettings
 from .distributed import barrier, dist_setup, is_main
 from .loop import train
 from .sft_data import IGNORE, Packed, encode_records, pack_examples
@@ -47,12 +47,11 @@ from .sft_data import IGNORE, Packed, encode_records, pack_examples
 DEFAULT_LR = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 3e-5}
 
 
-class FinetuneConfig(BaseModel):
-    """Options of ``slm finetune`` and of a ``finetune`` recipe step."""
+class FinetuneConfig(TrainSettings):
+    """Options of ``slm finetune`` and of a ``finetune`` recipe step: the training loop's
+    settings (:class:`slmkit.tune.config.TrainSettings`: batch_size, schedule, bf16_base,
+    ...), three of them with defaults of their own, and what fine-tuning adds."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    device: Device = "auto"                # where PyTorch runs (slmkit.device)
     data: str = Field(..., description="file, directory or built-in corpus")
     method: Literal["lora", "dora", "qlora", "full"] = "lora"
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank r")
@@ -66,26 +65,18 @@ class FinetuneConfig(BaseModel):
     epochs: float = Field(1.0, gt=0, description="passes over the training data")
     max_tokens: int | None = Field(None, ge=1, description="token budget (overrides epochs)")
     seq_len: int = Field(512, ge=8, description="tokens per packed block")
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    warmup_steps: int = Field(10, ge=0)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
     val_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of the records")
     val_data: str | None = Field(None, description="validate on the val split of this data "
                                  "instead (then all of `data` trains)")
     max_val_blocks: int = Field(32, ge=1, description="validation blocks evaluated")
     eval_every: int = Field(0, ge=0, description="steps between val evals; 0 = about 8 per run")
+    ckpt_every: int | None = Field(None, ge=0, description="steps between checkpoints; "
+                                   "None = every max(eval_every, 25) steps")
     patience: int = Field(3, ge=0, description="evals without improvement before stopping; 0=off")
     merge: bool = Field(False, description="also write the merged standalone model")
-    compile: bool | None = Field(None, description="torch.compile the decoder layers; "
-                                 "None = for runs long enough to repay it")
     chunk_tokens: int = Field(1024, ge=16, description="tokens per output-head chunk in the loss")
-    bf16_base: bool = Field(True, description="hold the frozen weights in bf16 while training, "
-                            "hidden states in bf16 (False: fp32 hidden states, bf16 matmuls)")
     fsdp: bool = Field(False, description="under torchrun, shard the weights, gradients and "
                        "optimizer state over the K ranks (each holds ~1/K); method full only")
-    seed: int = 0
     resume: bool = True
 
     @field_validator("targets")
@@ -220,13 +211,13 @@ class EarlyStopper:
 # ---------------------------------------------------------------- run
 
 def _train_cfg(cfg: FinetuneConfig, steps: int) -> TrainConfig:
+    """The loop's config: ``cfg``'s training settings, with what this run derives from
+    the method and the number of steps."""
     every = cfg.eval_every or max(1, steps // 8)
-    return TrainConfig(lr=cfg.peak_lr(), warmup_steps=min(cfg.warmup_steps, steps // 4),
-                       max_steps=steps, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
-                       batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, bf16=True,
-                       eval_every=every, ckpt_every=max(every, 25), seed=cfg.seed,
-                       compile=cfg.compile, bf16_base=cfg.bf16_base,
-                       parallel="fsdp" if cfg.fsdp else "ddp", device=cfg.device)
+    return cfg.train_config(
+        steps, lr=cfg.peak_lr(), warmup_steps=min(cfg.warmup_steps, steps // 4),
+        eval_every=every, ckpt_every=max(every, 25) if cfg.ckpt_every is None else cfg.ckpt_every,
+        parallel="fsdp" if cfg.fsdp else "ddp")
 
 
 def _load(model) -> SLM:

@@ -17,7 +17,6 @@ from ...data import load_split, token_stream
 from ...device import autocast_type, model_device
 from ...errors import SlmError
 from ...models.io import SLM, count_params, dir_bytes, load, replace_dir, save
-from ...tune.config import TrainConfig
 from ...tune.distributed import barrier, dist_setup, is_main
 from ...tune.loop import train
 from ...tune.speedups import frozen_weights_in_bf16
@@ -102,16 +101,6 @@ def block_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, bf16:
 
 # ---------------------------------------------------------------- run
 
-def _train_config(cfg: DistillConfig, steps: int) -> TrainConfig:
-    return TrainConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=steps,
-                       schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio,
-                       weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                       grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
-                       grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile,
-                       eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every, seed=cfg.seed,
-                       parallel="fsdp" if cfg.fsdp else "ddp", device=cfg.device)
-
-
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise SlmError(f"{out} already exists", "choose another --out or pass --force")
@@ -160,12 +149,12 @@ def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,
     eval_fn = None if vblocks is None else (
         lambda: {"val_ppl": block_ppl(module.student, vblocks, cfg.batch_size, cfg.bf16)})
     partial = out.with_name(out.name + ".partial")
+    train_cfg = cfg.train_config(steps, parallel="fsdp" if cfg.fsdp else "ddp")
     with frozen_weights_in_bf16(teacher.model, cfg.bf16 and teacher.model is not None,
                                 whole_base=True):
         rep = train(module, distill_batches(blocks, cfg.batch_size, cache, cross),
-                    make_loss_fn(cfg, teacher),
-                    _train_config(cfg, steps), partial, eval_fn=eval_fn, resume=cfg.resume,
-                    progress=progress)
+                    make_loss_fn(cfg, teacher), train_cfg, partial, eval_fn=eval_fn,
+                    resume=cfg.resume, progress=progress)
     if t_slm is not None:
         info["teacher_sha256_after"] = weights_hash(t_slm.model)
     report = _report(cfg, s_slm, t_slm, rep, info, world)
