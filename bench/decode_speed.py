@@ -67,7 +67,7 @@ def decode_table(rounds: int, n: int) -> dict:
 
 CHILD = r"""
 import json, sys, time
-from slmkit.paths import peak_rss
+from slmkit.evaluate.memory import peak_rss
 from slmkit.engines import open_engine, generate_text
 t = time.perf_counter()
 e = open_engine(sys.argv[1], sys.argv[2], n_ctx=512)

@@ -8,8 +8,8 @@ with the same optimizer settings; only the loss differs:
     kd: forward KL to the teacher's next-token distribution (T = 1)
     ce: cross-entropy on the data
 
-Held-out perplexity (python-docs validation split, disjoint 256-token blocks,
-bf16 autocast) is measured every --eval-every steps.
+Held-out perplexity (python-docs validation split, as `slm eval` scores it with a 256-token
+window moving by 128, under the loop's bf16 autocast) is measured every --eval-every steps.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/distill.py --tokens 40960
 """

@@ -41,7 +41,7 @@ def distill_args(args, mode: str, out: Path) -> list[str]:
 def worker(record: Path, argv: list[str]) -> None:
     """One rank: run the slm command, then write this rank's peak RSS."""
     from slmkit.cli import main
-    from slmkit.paths import peak_rss
+    from slmkit.evaluate.memory import peak_rss
     try:
         main(argv)
     except SystemExit as exc:

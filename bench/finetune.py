@@ -41,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MODEL = "smollm2-135m"
 BATCH, SEQ = 4, 512
-from slmkit.paths import peak_rss  # noqa: E402
+from slmkit.evaluate.memory import peak_rss  # noqa: E402
 
 VARIANTS = ("peft-fp32", "peft-bf16", "peft-bf16w", "slm-lora", "slm-lora-fp32h",
             "slm-lora-eager", "slm-qlora")

@@ -26,21 +26,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MODEL = "smollm2-135m"
 
 
-def pt_ppl(model, held):
-    from slmkit.compress.quantize import block_perplexity
-    return block_perplexity(model, held)
+def block_ppl(engine, held):
+    """evaluate's perplexity with disjoint windows of one block each (stride = block)."""
+    from slmkit.evaluate.perplexity import perplexity
+    T = held.shape[1]
+    return perplexity(engine, held.flatten().tolist(), T, T, progress=False)["ppl"]
+
+
+def pt_ppl(slm, held):
+    from slmkit.evaluate.perplexity import model_engine
+    return block_ppl(model_engine(slm.model, slm.tokenizer), held)
 
 
 def cpp_ppl(path, held):
     from slmkit.engines.llamacpp import LlamaCppEngine
-    from slmkit.export.parity import nll_ppl
-    import math
-    eng = LlamaCppEngine(path, n_ctx=held.shape[1] + 8, logits_all=True)
-    nll = 0.0
-    for b in held:
-        ids = b.tolist()
-        nll += math.log(nll_ppl(eng.logits(ids), ids)) * (len(ids) - 1)
-    return math.exp(nll / (held.numel() - held.shape[0]))
+    return block_ppl(LlamaCppEngine(path, n_ctx=held.shape[1] + 8, logits_all=True), held)
 
 
 def speed(engine, n):
@@ -128,7 +128,7 @@ def measure(rows, held, args):
     for name, r in rows.items():
         if r["kind"] == "pt":
             slm = slmkit.load(r["path"])
-            r["ppl"] = pt_ppl(slm.model, held)
+            r["ppl"] = pt_ppl(slm, held)
             r["memory_bytes"] = model_bytes(slm.model)
         else:
             r["ppl"] = cpp_ppl(r["path"], held)

@@ -209,7 +209,7 @@ def layer_check(args) -> list[dict]:
     positions agree, the largest weight difference and each side's relative output error
     ``tr(D H D^T) / tr(W H W^T)``, D the change of the weight."""
     from slmkit.compress.prune.sparsegpt import sparsify
-    from slmkit.compress.quantize.formats import dequantize_weight
+    from slmkit.models.packed.formats import dequantize_weight
     from slmkit.compress.quantize.gptq import gptq_weight, output_error
     gen = torch.Generator().manual_seed(0)
     rows, cols, n = 192, 256, 2048

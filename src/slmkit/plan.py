@@ -29,6 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import SlmError
+from .models.catalog import CATALOG, get_entry, hf_config
+from .models.gguf_meta import read_header, type_name
+from .paths import cache_dir
 
 # Fitted on this 2-core machine against llama.cpp decode of GGUF files (bench/build.py plan --fit).
 EFFICIENCY = 0.9                 # memory floor: the best fraction of the probed bandwidth reached
@@ -178,7 +181,6 @@ def probe_machine() -> Probe:
 
 def load_probe(reprobe: bool = False, path: Path | None = None) -> Probe:
     """The cached probe of this machine, measuring it on first use (or when ``reprobe``)."""
-    from .paths import cache_dir
     path = path or cache_dir() / PROBE_FILE
     if path.exists() and not reprobe:
         try:
@@ -211,7 +213,6 @@ def shape_of(config, params: int, active_params: int | None = None) -> Shape:
 
 
 def catalog_shape(name: str) -> Shape:
-    from .models.catalog import get_entry, hf_config
     entry = get_entry(name)
     return shape_of(hf_config(entry), entry.params, entry.active_params)
 
@@ -310,7 +311,6 @@ def score(shape: Shape, q: QuantType) -> float:
 
 def predict_gguf(path: str | Path, probe: Probe, position: int = 64) -> dict:
     """Predicted decode tokens/s of an actual GGUF file, from its real tensor sizes."""
-    from .models.gguf_meta import read_header, type_name
     header = read_header(path)
     arch = str(header.metadata["general.architecture"])
     meta = {k.split(".", 1)[1]: v for k, v in header.metadata.items() if k.startswith(arch + ".")}
@@ -365,7 +365,6 @@ def recommend(memory: int, probe: Probe, *, tokens_per_second: float | None = No
     Those that fit ``memory`` and reach ``tokens_per_second`` come first, ranked by
     :func:`score` and then speed; the rest follow, each with the reason it fails.
     """
-    from .models.catalog import CATALOG
     if context < 1:
         raise SlmError(f"context {context} must be at least 1 token")
     rows = []

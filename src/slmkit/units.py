@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 
-from .errors import SlmError
+from .errors import SlmError, help_hint
 
 _SUFFIX = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 _COUNT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\s*([KMBGT]?)\s*$", re.I)
@@ -111,5 +111,4 @@ def option(parse, flag: str, value):
             raise
         raise SlmError(f"{flag}: {exc.what}", exc.fix) from None
     except ValueError as exc:
-        from .pipeline_util import help_hint
         raise SlmError(f"{flag}: {exc}", help_hint()) from None

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from slmkit.compress.quantize import QuantizeConfig
-from slmkit.compress.quantize.formats import get_format, quantize_weight, dequantize_weight
-from slmkit.compress.quantize.qlinear import QuantLinear
+from slmkit.models.packed.formats import get_format, quantize_weight, dequantize_weight
+from slmkit.models.packed.qlinear import QuantLinear
 from slmkit.errors import SlmError
 
 

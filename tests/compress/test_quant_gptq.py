@@ -45,7 +45,7 @@ def test_gptq_act_order_and_asym_run():
 
 
 def test_clip_search_never_loses_and_helps_heavy_tails():
-    from slmkit.compress.quantize.formats import get_format
+    from slmkit.models.packed.formats import get_format
     fmt = get_format(4)
     torch.manual_seed(0)
     w = torch.distributions.StudentT(2.0).sample((64, 128))     # heavy-tailed rows

@@ -101,7 +101,7 @@ def test_gptq_model_exports_blocks_without_requantizing(tmp_path):
     assert abs(rep["parity"]["ppl_diff_pct"]) < 5, rep["parity"]
     import gguf
     import numpy as np
-    from slmkit.compress.quantize.qlinear import QuantLinear  # noqa: F401
+    from slmkit.models.packed.qlinear import QuantLinear  # noqa: F401
     r = gguf.GGUFReader(str(tmp_path / "q.gguf"))
     t = next(t for t in r.tensors if t.name == "blk.0.ffn_down.weight")
     deq = gguf.quants.dequantize(t.data, t.tensor_type)

@@ -10,7 +10,7 @@ from slmkit.errors import SlmError
 from slmkit.models.tiny import tiny_slm
 from slmkit.tune import adapters
 from slmkit.tune.finetune import FinetuneConfig, run_finetune, sft_loss
-from slmkit.tune.sft_data import IGNORE, encode_record, pack_examples
+from slmkit.data.sft import IGNORE, encode_record, pack_examples
 
 X = torch.randint(3, 500, (2, 24), generator=torch.Generator().manual_seed(0))
 

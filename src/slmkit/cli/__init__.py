@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 
+from ..errors import SlmError
+from ..outputs import exit_cleanly_on_sigterm
 from .app import app, console, state
 
 # Order here is the order in `slm --help`.
@@ -20,12 +22,10 @@ VERBS = ("models", "plan", "eval", "generate", "chat", "finetune", "augment", "p
 
 
 def _register() -> None:
+    """Import every verb module (each registers its command); a verb whose module fails
+    to import fails the command line instead of going missing from it."""
     for verb in VERBS:
-        try:
-            importlib.import_module(f"slmkit.cli.{verb}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"slmkit.cli.{verb}":
-                raise
+        importlib.import_module(f"slmkit.cli.{verb}")
 
 
 def _quiet_transformers() -> None:
@@ -56,8 +56,6 @@ def main(argv: list[str] | None = None) -> None:
     from typer import Abort
     from typer._click.exceptions import ClickException
 
-    from ..errors import SlmError
-    from ..outputs import exit_cleanly_on_sigterm
     exit_cleanly_on_sigterm()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

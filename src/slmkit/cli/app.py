@@ -7,6 +7,8 @@ import sys
 import typer
 from rich.console import Console
 
+from ..device import check_device
+
 app = typer.Typer(
     name="slm",
     help="Make your own small language model: select, compress, adapt, evaluate and deploy "
@@ -36,7 +38,6 @@ def _root() -> None:
 
 
 def _device(value: str) -> str:
-    from ..device import check_device
     return check_device(value)
 
 

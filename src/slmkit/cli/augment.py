@@ -6,9 +6,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..data import with_text_field
 from ..data.preflight import check_data
 from ..outputs import check_output
 from .app import TEXT_FIELD, app, console, print_json
+from .validate import config_from_options
 
 
 @app.command("augment")
@@ -32,9 +34,7 @@ def augment_cmd(
 
     Example: slm augment notes.jsonl --method eda --n 4 --alpha 0.1 --out notes-eda.jsonl --seed 1
     """
-    from ..data import with_text_field
     from ..data.augment import AugmentConfig, run_augment
-    from ..pipeline_util import config_from_options
     cfg = config_from_options(AugmentConfig, flags={"keep_original": "--no-original"},
                               method=method, n=n, alpha=alpha,
                               ops=[o.strip() for o in ops.split(",") if o.strip()], seed=seed,

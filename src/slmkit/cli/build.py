@@ -6,12 +6,15 @@ from typing import Optional
 
 import typer
 
+from ..data import data_exists
+from ..data.corpora import CORPORA
+from ..errors import SlmError
 from ..outputs import check_not_input
+from ..pipeline.recipe import RECIPES_DIR, load_recipe, resolve_path, shipped
 from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
 
 
 def _list_recipes(json_out: bool) -> None:
-    from ..pipeline.recipe import RECIPES_DIR, load_recipe, shipped
     rows = []
     for name, path in shipped().items():
         r = load_recipe(path, check_files=False)
@@ -31,8 +34,6 @@ def _list_recipes(json_out: bool) -> None:
 
 def _choose(recipe: str | None, quick: bool, overrides: dict):
     """The recipe to run: the named one, or its quick variant with --quick."""
-    from ..errors import SlmError
-    from ..pipeline.recipe import load_recipe
     r = load_recipe(recipe or "default", overrides=overrides)
     if not quick:
         return r
@@ -45,9 +46,6 @@ def _choose(recipe: str | None, quick: bool, overrides: dict):
 
 def _check_data(option: str, value: str | None) -> None:
     """A data option must name a corpus, file or directory (checked before any work)."""
-    from ..data import data_exists
-    from ..data.corpora import CORPORA
-    from ..errors import SlmError
     if value is not None and not data_exists(value):
         raise SlmError(f"{option} '{value}' not found",
                        f"pass a file, a directory of files or a built-in corpus "
@@ -55,7 +53,6 @@ def _check_data(option: str, value: str | None) -> None:
 
 
 def _show(recipe: str | None, quick: bool) -> None:
-    from ..pipeline.recipe import resolve_path
     path = resolve_path(recipe or "default")
     if quick:
         r = _choose(recipe, True, {})
@@ -67,8 +64,6 @@ def _init(name: str, recipe: str | None, force: bool) -> None:
     """Write an editable copy of a recipe as NAME.yaml in the working directory."""
     import re
 
-    from ..errors import SlmError
-    from ..pipeline.recipe import load_recipe, resolve_path
     dest = Path(name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
     stem = dest.stem
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", stem):

@@ -5,6 +5,9 @@ import sys
 
 import typer
 
+from ..engines import GenStats, open_engine, stream_text
+from ..engines.conversation import Conversation
+from ..errors import SlmError
 from ..models.preflight import check_model
 from .app import DeviceOpt, app, console
 from .sampling import (AdapterOpt, Ctx, EngineOpt, MaxTokens, Optional, Seed, Temperature,
@@ -36,8 +39,6 @@ def chat_cmd(
 
     Example: slm chat smollm2-135m --temperature 0.3
     """
-    from ..engines import open_engine
-    from ..engines.conversation import Conversation
     check_model(model, engine=None if engine == "auto" else engine)
     eng = open_engine(model, engine, n_ctx=ctx, device=device, adapter=adapter,
                       builtin_engine="llama.cpp")
@@ -91,8 +92,6 @@ def _command(conv, text: str) -> bool:
 
 def _turn(eng, conv, line: str, interactive: bool, sampling: dict) -> None:
     """One question and its streamed reply; Ctrl-C stops the reply, not the chat."""
-    from ..engines import GenStats, stream_text
-    from ..errors import SlmError
     try:
         ids, dropped = conv.ask(line)
     except SlmError as exc:

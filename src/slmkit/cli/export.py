@@ -5,10 +5,13 @@ from typing import Optional
 
 import typer
 
+from ..data import with_text_field
 from ..data.preflight import check_data
 from ..models.preflight import check_model
 from ..outputs import check_output
+from ..progress import progress_bar
 from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
+from .validate import config_from_options
 
 
 @app.command("export")
@@ -32,10 +35,7 @@ def export_cmd(
 
     Example: slm export runs/q4 --format gguf --type q4_0 --out runs/q4.gguf
     """
-    from ..data import with_text_field
     from ..export import ExportConfig, run_export
-    from ..pipeline_util import config_from_options
-    from ..progress import progress_bar
     cfg = config_from_options(ExportConfig, format=fmt, type=type_, parity_tokens=parity_tokens,
                               parity_text=with_text_field(parity_text, text_field), device=device,
                               fp32=fp32)

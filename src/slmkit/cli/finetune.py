@@ -6,10 +6,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..data import with_text_field
 from ..data.preflight import check_data
 from ..models.preflight import check_model
 from ..outputs import check_output
 from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
+from .validate import config_from_options
 
 
 @app.command("finetune")
@@ -53,8 +55,6 @@ def finetune_cmd(
 
     Example: slm finetune smollm2-135m --data python-docs --method lora --max-tokens 200000 --merge --out runs/ft
     """
-    from ..data import with_text_field
-    from ..pipeline_util import config_from_options
     from ..tune.finetune import FinetuneConfig, run_finetune
     tlist = [t.strip() for t in targets.split(",")] if targets else None
     cfg = config_from_options(

@@ -5,6 +5,7 @@ import sys
 
 import typer
 
+from ..engines import GenStats, open_engine, stream_text
 from ..errors import SlmError
 from ..models.preflight import check_model
 from .app import DeviceOpt, app, err_console, print_json
@@ -32,7 +33,6 @@ def generate_cmd(
 
     Example: slm generate smollm2-135m "def fibonacci(n):" --temperature 0 --max-tokens 64
     """
-    from ..engines import GenStats, open_engine, stream_text
     text = sys.stdin.read() if prompt == "-" else prompt
     if not text.strip():
         raise SlmError("PROMPT is empty" + (" (nothing on standard input)" if prompt == "-"

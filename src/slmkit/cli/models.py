@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from ..models.catalog import CATALOG
 from .app import app, console, print_json
 
 
@@ -22,7 +23,6 @@ def models_cmd(
 
     Example: slm models --json
     """
-    from ..models.catalog import CATALOG
     rows = []
     for e in CATALOG.values():
         rows.append({

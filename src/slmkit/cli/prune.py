@@ -6,11 +6,14 @@ from typing import Optional
 import typer
 
 from .. import units
+from ..data import with_text_field
 from ..data.preflight import check_data
 from ..errors import SlmError
 from ..models.preflight import check_model
 from ..outputs import check_output
+from ..progress import progress_bar
 from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
+from .validate import config_from_options
 
 
 def _preflight(model: str, cfg) -> None:
@@ -65,11 +68,8 @@ def prune_cmd(
 
     Example: slm prune smollm2-135m --method vocab --vocab-size 8192 --calib python-docs --out runs/vocab8k
     """
-    from ..data import with_text_field
     from ..compress.prune import PruneConfig, run_prune
     from ..compress.prune.report import print_report
-    from ..pipeline_util import config_from_options
-    from ..progress import progress_bar
     cfg = config_from_options(PruneConfig, flags={"calib_autocast": "--bf16-calib",
                                                   "overwrite": "--force"},
                               method=method, sparsity=sparsity, pattern=pattern, target=target,

@@ -5,10 +5,13 @@ from typing import Optional
 
 import typer
 
+from ..data import with_text_field
 from ..data.preflight import check_data
 from ..models.preflight import check_model
 from ..outputs import check_output
+from ..progress import progress_bar
 from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
+from .validate import config_from_options
 
 
 @app.command("quantize")
@@ -38,10 +41,7 @@ def quantize_cmd(
 
     Example: slm quantize smollm2-135m --method gptq --bits 4 --group-size 128 --calib python-docs --out runs/q4
     """
-    from ..data import with_text_field
     from ..compress.quantize import QuantizeConfig, run_quantize
-    from ..pipeline_util import config_from_options
-    from ..progress import progress_bar
     cfg = config_from_options(QuantizeConfig, method=method, bits=bits, group_size=group_size,
                               sym=sym, act_order=act_order, clip=clip, calib=with_text_field(calib, text_field),
                               calib_samples=calib_samples, seq_len=seq_len,

@@ -6,6 +6,7 @@ from typing import List, Optional
 import typer
 
 from .. import units
+from ..engines import ENGINES
 
 MaxTokens = typer.Option(256, "--max-tokens", "-n", min=1, help="Most tokens to generate.")
 Temperature = typer.Option(0.7, "--temperature", "-t", parser=units.non_negative, help="0 = greedy; higher = more random.")
@@ -16,7 +17,6 @@ Stop = typer.Option(None, "--stop", help="Stop at this string (repeatable).")
 
 def engine_choice(value: str) -> str:
     """One of the engines (auto, pytorch, llama.cpp)."""
-    from ..engines import ENGINES
     if value not in ENGINES:
         raise ValueError(f"'{value}' is not an engine; use one of {', '.join(ENGINES)}")
     return value

@@ -8,6 +8,7 @@ import typer
 
 from ..models.preflight import check_model
 from .app import DeviceOpt, app, console
+from .validate import config_from_options
 
 
 @app.command("serve")
@@ -43,7 +44,6 @@ def serve_cmd(
 
     Example: slm serve runs/mine/05-export/model.gguf --port 8000
     """
-    from ..pipeline_util import config_from_options
     from ..serve import ServeConfig, check_bind, serve
     cfg = config_from_options(ServeConfig, flags={"shutdown_timeout_s": "--shutdown-timeout",
                                                   "n_threads": "--threads"},

@@ -9,6 +9,7 @@ from .. import units
 from ..models.preflight import check_model
 from ..outputs import check_output
 from .app import DeviceOpt, app, console, print_json
+from .validate import config_from_options
 
 
 @app.command("synth")
@@ -37,7 +38,6 @@ def synth_cmd(
     Example: slm synth --teacher smollm2-135m --prompts topics.txt --template "Explain {prompt} to a Python beginner, with an example." --out synth.jsonl
     """
     from ..data.synth import SynthConfig, read_prompts, run_synth
-    from ..pipeline_util import config_from_options
     cfg = config_from_options(SynthConfig, flags={"n_per_prompt": "--n"}, teacher=teacher, prompts=prompts, template=template,
                               system=system, n_per_prompt=n, max_tokens=max_tokens,
                               temperature=temperature, top_p=top_p, seed=seed, engine=engine,

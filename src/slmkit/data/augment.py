@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import SlmError
 from ..outputs import atomic_write_text
+from . import iter_jsonl, read_records, validate_record
 from .corpora import WORDNET_DIR
 
 OPS = ("sr", "ri", "rs", "rd")
@@ -389,7 +390,6 @@ def write_records(records: list[dict], out: Path) -> None:
 
 def _records_as_written(data) -> list[dict]:
     """The records of ``data``; a JSONL file's exactly as written (no ids added)."""
-    from . import iter_jsonl, read_records, validate_record
     path = Path(str(data)).expanduser()
     if not (path.is_file() and path.suffix == ".jsonl"):
         return read_records(data)

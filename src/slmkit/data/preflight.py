@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import SlmError
+from . import read_records
 from .corpora import CORPORA
 
 
@@ -14,7 +15,6 @@ def check_data(spec, option: str = "--data") -> None:
     Files are read in full (as the command will read them) so a bad JSONL line or an
     empty file is reported now rather than after a model has loaded.
     """
-    from . import read_records
     s = str(spec)
     if s in CORPORA:
         return

@@ -16,8 +16,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..device import Device
+from ..engines import GenStats, open_engine, stream_text
 from ..errors import SlmError
 from ..outputs import temp_path
+from ..progress import progress_bar
 from . import iter_jsonl
 
 
@@ -87,8 +89,6 @@ def run_synth(out: str | Path, cfg: SynthConfig, *, overwrite: bool = False,
         overwrite: replace an existing file.
         progress: show a progress bar.
     """
-    from ..engines import GenStats, open_engine, stream_text
-    from ..progress import progress_bar
     out = Path(out)
     if out.exists() and not overwrite:
         raise SlmError(f"{out} already exists", "choose another --out or pass --force")

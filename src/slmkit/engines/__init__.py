@@ -9,7 +9,10 @@ from pathlib import Path
 
 from ..device import resolve_device
 from ..errors import SlmError
+from ..models.catalog import CATALOG
+from ..models.io import SLM, builtin_gguf, load
 from .base import Engine, GenStats, generate_text, sample, stream_text
+from .hf import HFEngine
 
 ENGINES = ("auto", "pytorch", "llama.cpp")
 
@@ -31,8 +34,6 @@ def open_engine(spec, engine: str = "auto", *, n_ctx: int = 2048, logits_all: bo
         builtin_engine: what ``auto`` runs a built-in name on (chat and generate ask
             for llama.cpp: the same weights, several times faster on a CPU).
     """
-    from ..models.io import SLM, builtin_gguf, load
-    from .hf import HFEngine
     if engine not in ENGINES:
         raise SlmError(f"unknown engine '{engine}'", f"use one of: {', '.join(ENGINES)}")
     if isinstance(spec, SLM):
@@ -40,7 +41,6 @@ def open_engine(spec, engine: str = "auto", *, n_ctx: int = 2048, logits_all: bo
             raise SlmError("a model in memory runs on the pytorch engine",
                            "export it to GGUF first (`slm export`)")
         return HFEngine(spec)
-    from ..models.catalog import CATALOG
     s = str(spec)
     is_gguf = s.endswith(".gguf")
     gguf_lora = adapter is not None and str(adapter).endswith(".gguf")

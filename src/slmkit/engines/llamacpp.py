@@ -9,6 +9,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..models.io import check_gguf
 from . import chat_format
 from .base import GenStats, token_logprobs, track
 from .chat_format import end_of_turn_ids
@@ -28,7 +29,6 @@ class LlamaCppEngine:
         # every core, which stalls prefill when the CPU is shared.
         threads = n_threads or os.cpu_count()
         if lora_path is not None:
-            from ..models.io import check_gguf
             check_gguf(Path(lora_path))
         self.lora_path = lora_path
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
@@ -114,6 +114,5 @@ class LlamaCppEngine:
 def _check_once(path: str, size: int, mtime_ns: int) -> None:
     """``check_gguf`` once per file version: parsing a large vocabulary takes seconds,
     and a server opens one instance per concurrent sequence."""
-    from ..models.io import check_gguf
     check_gguf(Path(path))
 

@@ -18,17 +18,23 @@ from typing import Literal
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..data import data_exists, load_split, record_text
+from ..data.corpora import CORPORA
 from ..device import Device
+from ..engines import open_engine
 from ..errors import SlmError
-from ..paths import peak_rss
+from ..models.catalog import CATALOG
+from ..models.io import (META_FILE, builtin_gguf, check_gguf, check_hf_dir, count_params,
+                         dir_bytes, hub_cached, load_tokenizer)
 from .choice import accuracy, read_task
 from .compare import kept_lost
-from .perplexity import perplexity
+from .memory import peak_rss
+from .perplexity import engine_tokens, heldout_perplexity, perplexity
 from .speed import measure_speed
 from .tasks import TASKS, resolve_tasks, run_tasks, score_task
 
 __all__ = ["EvalConfig", "EvalText", "TASKS", "accuracy", "check_models", "engine_tokens",
-           "eval_text", "evaluate_one", "measure_speed", "perplexity", "read_task",
+           "eval_text", "evaluate_one", "heldout_perplexity", "measure_speed", "perplexity", "read_task",
            "resolve_tasks", "run_eval", "run_tasks", "text_perplexity"]
 
 
@@ -79,8 +85,6 @@ class EvalConfig(BaseModel):
     @field_validator("data", "general_data")
     @classmethod
     def _exists(cls, v):
-        from ..data import data_exists
-        from ..data.corpora import CORPORA
         if v is not None and not data_exists(v):
             raise ValueError(f"'{v}' is neither a built-in corpus ({', '.join(CORPORA)}) nor a path")
         return v
@@ -96,7 +100,6 @@ def resolve_split(split: str, spec: str, models: list) -> str:
     """The split ``auto`` stands for: ``val`` where a model may have trained on ``spec``
     (a built-in corpus, the recipes' data, or data in a model's saved history), else ``all``.
     """
-    from ..data.corpora import CORPORA
     if split != "auto":
         return split
     return "val" if spec in CORPORA or any(_trained_on(m, spec) for m in models) else "all"
@@ -111,7 +114,6 @@ def resolved(cfg: EvalConfig, models: list) -> EvalConfig:
 
 def _trained_on(model, spec: str) -> bool:
     """Whether the ``slmkit.json`` history of a model directory names ``spec`` as its data."""
-    from ..models.io import META_FILE
     meta = Path(str(model)).expanduser() / META_FILE
     try:
         history = json.loads(meta.read_text()).get("history", [])
@@ -125,18 +127,6 @@ def _trained_on(model, spec: str) -> bool:
             if isinstance(v, str) and (v in want or str(Path(v).expanduser().resolve()) in want):
                 return True
     return False
-
-
-def engine_tokens(engine, spec: str, split: str, limit: int | None) -> list[int]:
-    """Token ids of a corpus split through the engine's own tokenizer, EOS between records."""
-    from ..data import load_split, record_text
-    eos = min(engine.eos_ids) if engine.eos_ids else None
-    ids: list[int] = []
-    for rec in load_split(spec, split):
-        ids += engine.tokenize(record_text(rec), special=False) + ([eos] if eos is not None else [])
-        if limit and len(ids) > limit:
-            break
-    return ids[:limit] if limit else ids
 
 
 class EvalText(BaseModel):
@@ -153,7 +143,6 @@ class EvalText(BaseModel):
 
 def eval_text(tok, spec: str, split: str, limit: int | None) -> EvalText:
     """The records of a corpus split up to ``limit`` tokens of the HF tokenizer ``tok``."""
-    from ..data import load_split, record_text
 
     def count(text: str) -> list[int]:
         return tok(text, add_special_tokens=False)["input_ids"]
@@ -194,7 +183,6 @@ def text_perplexity(engine, text: EvalText, max_length: int = 512, stride: int =
 
 def _model_size(engine, spec) -> tuple[int, int]:
     """(parameters, bytes on disk) of the artifact the engine runs."""
-    from ..models.io import count_params, dir_bytes
     if engine.name == "pytorch":
         path = engine.slm.path
         return count_params(engine.model), dir_bytes(path) if path else 0
@@ -209,7 +197,6 @@ def evaluate_one(spec, cfg: EvalConfig, progress: bool = True,
     ``texts`` (from ``reference_texts``) fixes the perplexity text by characters; without
     it the model's own tokenizer picks ``max_eval_tokens`` tokens.
     """
-    from ..engines import open_engine
     cfg = resolved(cfg, [spec])
     rss0 = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
@@ -276,7 +263,6 @@ def tokens_per_char(engine, spec: str, split: str, max_chars: int = 100_000) -> 
     """Tokens the engine's tokenizer makes per character of the text (NFC, as read),
     over the first ``max_chars`` characters of the split: how much a tokenizer spends on
     a language (an English vocabulary takes several tokens per Hangul syllable)."""
-    from ..data import load_split, record_text
     tokens = chars = 0
     for rec in load_split(spec, split):
         text = record_text(rec)[: max_chars - chars]
@@ -291,7 +277,6 @@ def reference_texts(cfg: EvalConfig) -> dict[str, EvalText] | None:
     """The texts every model is scored on when ``cfg.reference`` is set."""
     if not cfg.reference:
         return None
-    from ..models.io import load_tokenizer
     tok = load_tokenizer(cfg.reference)
     out = {"data": eval_text(tok, cfg.data, cfg.split, cfg.max_eval_tokens)}
     if cfg.general_data:
@@ -369,8 +354,6 @@ def run_eval(models: list, cfg: EvalConfig, progress: bool = True) -> dict:
 
 def check_models(models: list, engine: str = "auto") -> None:
     """Raise SlmError for the first model spec that cannot be loaded, before any work."""
-    from ..models.catalog import CATALOG
-    from ..models.io import builtin_gguf, check_gguf, check_hf_dir, hub_cached
     for spec in models:
         s = str(spec)
         path = Path(s).expanduser()

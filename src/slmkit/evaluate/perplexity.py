@@ -19,6 +19,12 @@ Both engines give logits for a window (``Engine.logits``), so the same code
 scores PyTorch and llama.cpp models. Bits per byte divides the summed negative
 log-likelihood (in bits) by the UTF-8 bytes of the scored tokens' text, which
 does not depend on the tokenizer: models with different vocabularies compare.
+
+This is the one perplexity of slmkit: ``slm eval`` and every step's before/after
+figures (quantize, prune, finetune, distill, export parity) score through it.
+A step scores its model in memory with :func:`model_engine` on the tokens
+:func:`engine_tokens` (or :func:`record_ids`) gives, which is what ``slm eval
+--data D --split val --max-length L --stride S --max-eval-tokens N`` computes.
 """
 from __future__ import annotations
 
@@ -26,7 +32,10 @@ import math
 
 import torch
 
+from ..data import load_split, record_text
+from ..engines.hf import HFEngine
 from ..errors import SlmError
+from ..models.io import SLM
 from ..progress import progress_bar
 
 CONVENTIONS = ("hf", "llama.cpp")
@@ -81,6 +90,49 @@ def perplexity(engine, ids: list[int], max_length: int = 512, stride: int = 256,
             "max_length": max_length, "stride": stride, "convention": convention}
 
 
+def model_engine(model, tokenizer) -> HFEngine:
+    """The PyTorch engine over an in-memory ``model`` (left in eval mode; a training
+    loop puts it back in training mode)."""
+    return HFEngine(SLM(model, tokenizer, "in-memory"))
+
+
+def record_ids(engine, records, limit: int | None) -> list[int]:
+    """Token ids of ``records`` through the engine's own tokenizer, EOS between records,
+    the first ``limit`` of them."""
+    eos = min(engine.eos_ids) if engine.eos_ids else None
+    ids: list[int] = []
+    for rec in records:
+        ids += engine.tokenize(record_text(rec), special=False) + ([eos] if eos is not None else [])
+        if limit and len(ids) > limit:
+            break
+    return ids[:limit] if limit else ids
+
+
+def engine_tokens(engine, spec, split: str, limit: int | None) -> list[int]:
+    """Token ids of a corpus split through the engine's own tokenizer, EOS between records."""
+    return record_ids(engine, load_split(spec, split), limit)
+
+
+def heldout_perplexity(model, tokenizer, data, max_tokens: int | None, max_length: int = 512,
+                       stride: int = 256, split: str = "val") -> dict:
+    """:func:`perplexity` of an in-memory model on ``split`` of ``data``, exactly as
+    ``slm eval`` scores it; the result also names ``data`` and ``split``."""
+    was = model.training
+    try:
+        engine = model_engine(model, tokenizer)
+        ids = engine_tokens(engine, data, split, max_tokens)
+        r = perplexity(engine, ids, max_length, stride, progress=False)
+    finally:
+        model.train(was)
+    return {**r, "data": str(data), "split": split}
+
+
+def step_window(seq_len: int) -> tuple[int, int]:
+    """The ``(max_length, stride)`` a step scores with: its own block length, moving by
+    half of it (512 and 256, ``slm eval``'s defaults, for the usual 512)."""
+    return seq_len, max(1, seq_len // 2)
+
+
 def _hf_windows(n: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
     """``(begin, end, first scored)`` of each window, as the HF guide's loop makes them."""
     plan, prev_end = [], 0
@@ -102,7 +154,12 @@ def _llamacpp_windows(n: int, n_ctx: int) -> list[tuple[int, int, int]]:
 
 def _window_nll(engine, window: list[int], first: int) -> float:
     """Summed NLL (nats) of ``window[first:]``, each predicted from the tokens before it."""
-    logits = engine.logits(window)                                  # (T, vocab)
+    return logits_nll(engine.logits(window), window, first)
+
+
+def logits_nll(logits: torch.Tensor, window: list[int], first: int = 1) -> float:
+    """Summed NLL (nats) of ``window[first:]`` under the (T, vocab) ``logits`` of ``window``
+    (row j predicts token j + 1)."""
     logp = torch.log_softmax(logits[first - 1:-1].double(), dim=-1)  # row j predicts j+1
     targets = torch.tensor(window[first:])
     return -float(logp.gather(1, targets[:, None]).sum())

@@ -42,9 +42,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..engines import open_engine
 from ..errors import SlmError
 from ..progress import progress_bar
 from . import task_data as data
+from .choice import read_task
 from .loglik import score_requests
 
 DELIM = " "              # lm-eval's target_delimiter
@@ -251,7 +253,6 @@ validation split (1,000 questions, same size and source) is scored instead."""
 
 def file_task(path: Path) -> Task:
     """A user's multiple-choice JSONL file as a task (prompt ``"<question>\\nAnswer:"``)."""
-    from .choice import read_task
 
     def docs():
         return [Doc(f"{r['question']}\nAnswer:", tuple(r["choices"]), r["answer"])
@@ -404,7 +405,6 @@ def run_tasks(model, names: str | list[str], *, limit: int | None = None, num_fe
     if limit is not None and limit < 1:
         raise SlmError(f"--limit {limit} is below 1", "give a positive number of questions")
     if not hasattr(model, "tokenize"):
-        from ..engines import open_engine
         model = open_engine(model, engine, n_ctx=2048, logits_all=True)
     return {t.name: score_task(model, t, limit=limit, num_fewshot=num_fewshot, seed=seed,
                                naive=naive, progress=progress) for t in tasks}

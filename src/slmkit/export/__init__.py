@@ -19,7 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..device import Device
 from ..errors import SlmError
-from .gguf_file import DIRECT_TYPES, GGUF_ARCHS
+from ..models.gguf_meta import read_header, type_name
+from ..models.io import SLM, count_params, load
+from .gguf_file import DIRECT_TYPES, GGUF_ARCHS, gguf_arch, write_gguf
+from .hf import export_hf
+from .parity import gguf_parity, parity_ids
 
 # llama.cpp's quantizer handles these (and the direct types, from an f32 file)
 LLAMACPP_TYPES = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m",
@@ -63,14 +67,12 @@ def run_export(model, out, cfg: ExportConfig, *, overwrite: bool = False) -> dic
         the report (also written as ``report.json`` next to a GGUF file, as
         ``<name>.report.json``, or inside the HF directory).
     """
-    from ..models.io import SLM, load
     out = Path(out)
     if out.exists() and not overwrite:
         raise SlmError(f"{out} already exists", "choose another --out or pass --force")
     slm = model if isinstance(model, SLM) else load(model)
     t0 = time.perf_counter()
     if cfg.format == "hf":
-        from .hf import export_hf
         report = export_hf(slm, out, cfg)
     else:
         report = _export_gguf(slm, out, cfg)
@@ -90,8 +92,6 @@ def _source_gguf(slm) -> str | None:
 
 
 def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
-    from ..models.io import count_params
-    from .gguf_file import gguf_arch, write_gguf
     gguf_arch(slm.model)                                   # unknown architecture: fail first
     if out.suffix != ".gguf":
         raise SlmError(f"GGUF output {out} should end in .gguf", "name the file model.gguf")
@@ -110,7 +110,6 @@ def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
                   "params": count_params(slm.model), "bytes_on_disk": tmp.stat().st_size, **info}
         report["llamacpp_load"] = load_check(tmp)
         if cfg.parity_tokens:
-            from .parity import gguf_parity, parity_ids
             ids = parity_ids(slm.tokenizer, cfg.parity_tokens, cfg.parity_text)
             report["parity"] = gguf_parity(slm, tmp, ids, cfg.parity_text, cfg.device)
         os.replace(tmp, out)
@@ -141,7 +140,6 @@ def load_check(path: Path) -> dict:
 
 def _tensor_types(path: Path) -> dict[str, int]:
     """How many tensors of each GGML type a GGUF file holds."""
-    from ..models.gguf_meta import read_header, type_name
     counts: dict[str, int] = {}
     for t in read_header(path).tensors:
         name = type_name(t.type)

@@ -26,6 +26,9 @@ import torch
 from torch import nn
 
 from ..errors import SlmError
+from ..models.arch import arch_of, decoder_layers
+from ..models.packed.qlinear import QuantLinear
+from .vocab import add_tokenizer
 
 Q = gguf.GGMLQuantizationType
 
@@ -81,7 +84,6 @@ def _heads_fall_short(model: nn.Module) -> bool:
 
 def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
     """Per-layer head counts and feed-forward sizes, read from the weights."""
-    from ..models.arch import arch_of, decoder_layers
     a, hd = arch_of(model), head_dim(model.config)
     out = {"n_head": [], "n_head_kv": [], "n_ff": []}
     for layer in decoder_layers(model):
@@ -167,7 +169,6 @@ def hf_tensors(model: nn.Module, spec: GGUFArch):
     ``QuantLinear`` weights come as ``(module, row_order)`` so their integer
     blocks can be written without dequantizing.
     """
-    from ..compress.quantize.qlinear import QuantLinear
     cfg, hd = model.config, head_dim(model.config)
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     q_scale = _gemma_q_scale(model) if spec.norm_plus_one else 1.0
@@ -198,7 +199,6 @@ def hf_tensors(model: nn.Module, spec: GGUFArch):
 
 def ffn_padding(model: nn.Module) -> dict[str, tuple[int, int]]:
     """``{module: (dim, width)}`` for feed-forward projections narrower than the widest."""
-    from ..models.arch import arch_of
     a = arch_of(model)
     n_ff = layer_shapes(model)["n_ff"]
     width, pads = max(n_ff), {}
@@ -212,7 +212,6 @@ def ffn_padding(model: nn.Module) -> dict[str, tuple[int, int]]:
 
 def _padded(mname: str, mod: nn.Module, dim: int, width: int):
     """Weight (and bias) of a feed-forward Linear zero-padded to ``width`` along ``dim``."""
-    from ..compress.quantize.qlinear import QuantLinear
     w = mod.dequantize(torch.float32) if isinstance(mod, QuantLinear) else mod.weight.detach().float()
     pad = [0, 0, 0, 0]
     pad[1 if dim == 1 else 3] = width - w.shape[dim]
@@ -302,7 +301,6 @@ def write_gguf(slm, path, ftype: str, source_gguf: str | None = None) -> dict:
         counts of tensors by GGML type, how many were copied from packed
         integers and how many were dequantized, and the tokenizer summary.
     """
-    from .vocab import add_tokenizer
     model = slm.model
     spec = gguf_arch(model)
     n_layers = len(layer_shapes(model)["n_ff"])

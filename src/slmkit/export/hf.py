@@ -7,6 +7,10 @@ from pathlib import Path
 
 import torch
 
+from ..models.io import SLM, count_params, dir_bytes, save
+from ..models.packed import dequantize_model, quant_linears
+from .parity import compare, parity_ids, pytorch_logits
+
 
 def export_hf(slm, out: Path, cfg) -> dict:
     """Write ``slm`` dequantized to an HF directory and check transformers reloads it.
@@ -16,9 +20,6 @@ def export_hf(slm, out: Path, cfg) -> dict:
     """
     from transformers import AutoModelForCausalLM
 
-    from ..compress.quantize.qlinear import dequantize_model, quant_linears
-    from ..models.io import SLM, count_params, dir_bytes, save
-    from .parity import compare, parity_ids, pytorch_logits
     n_packed = len(quant_linears(slm.model))
     plain = SLM(dequantize_model(copy.deepcopy(slm.model)) if n_packed else slm.model,
                 slm.tokenizer, slm.spec, dict(slm.meta), slm.path)

@@ -1,7 +1,8 @@
 """Does the exported file compute what the PyTorch model computes?
 
 Both models score the same token ids of a fixed held-out text; we compare the
-next-token argmax at every position and the perplexity of each.
+next-token argmax at every position and the perplexity of each (evaluate's, over
+one window of all the ids).
 """
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import math
 
 import torch
 
+from ..data import load_split, tokenize_records
 from ..device import model_device, resolve_device
+from ..evaluate.perplexity import logits_nll
 
 PARITY_TEXT = "python-docs"
 
 
 def parity_ids(tok, n_tokens: int, text: str = PARITY_TEXT) -> list[int]:
     """The first ``n_tokens`` ids of the held-out split of ``text`` (a corpus or path)."""
-    from ..data import load_split, tokenize_records
     ids: list[int] = []
     for rec in load_split(text, "val"):                 # tokenize only what is needed
         ids += tokenize_records([rec], tok)[0]
@@ -25,19 +27,14 @@ def parity_ids(tok, n_tokens: int, text: str = PARITY_TEXT) -> list[int]:
     return ids[:n_tokens]
 
 
-def nll_ppl(logits: torch.Tensor, ids: list[int]) -> float:
-    """Perplexity of ``ids[1:]`` under (T, V) ``logits``."""
-    tgt = torch.tensor(ids[1:])
-    return math.exp(float(torch.nn.functional.cross_entropy(logits[:-1].float(), tgt)))
-
-
 @torch.no_grad()
 def compare(ref: torch.Tensor, got: torch.Tensor, ids: list[int]) -> dict:
     """Argmax agreement and perplexities of two (T, V) logit matrices over ``ids``."""
     v = min(ref.shape[-1], got.shape[-1])
     ref, got = ref[:, :v].float(), got[:, :v].float()
     agree = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
-    ppl_ref, ppl_got = nll_ppl(ref, ids), nll_ppl(got, ids)
+    # one window over all of ids: evaluate's perplexity with max_length = stride = len(ids)
+    ppl_ref, ppl_got = (math.exp(logits_nll(x, ids) / (len(ids) - 1)) for x in (ref, got))
     return {"tokens": len(ids), "argmax_agreement": round(agree, 4),
             "max_abs_logit_diff": round(float((ref - got).abs().max()), 5),
             "ppl_pytorch": round(ppl_ref, 4), "ppl_export": round(ppl_got, 4),

@@ -21,6 +21,7 @@ import re
 import gguf
 
 from ..errors import SlmError
+from ..models.gguf_meta import read_header
 
 # (substring of tokenizer.json's pre_tokenizer, llama.cpp pre-tokenizer name), first match wins
 _PRE_PATTERNS = (
@@ -38,7 +39,6 @@ def pre_tokenizer_name(tok, source_gguf: str | None = None) -> str:
     recognised from ``tokenizer.json`` (plain ByteLevel is GPT-2's regex, "gpt-2").
     """
     if source_gguf:
-        from ..models.gguf_meta import read_header
         try:
             pre = read_header(source_gguf).metadata.get(gguf.Keys.Tokenizer.PRE)
             if isinstance(pre, str):

@@ -24,8 +24,6 @@ class Arch:
     o: str                      # attention output projection inside attn
     up: tuple[str, ...]         # MLP input projections inside mlp (gate and up)
     down: str                   # MLP output projection inside mlp
-    embed: str = "model.embed_tokens"
-    final_norm: str = "model.norm"
     fused_qkv: bool = False
     fused_gate_up: bool = False
 
@@ -49,8 +47,7 @@ ARCHS: dict[str, Arch] = {
                  fused_qkv=True, fused_gate_up=True),
     "falcon": Arch(layers="transformer.h", attn="self_attention", mlp="mlp",
                    q=("query_key_value",), o="dense", up=("dense_h_to_4h",),
-                   down="dense_4h_to_h", embed="transformer.word_embeddings",
-                   final_norm="transformer.ln_f", fused_qkv=True),
+                   down="dense_4h_to_h", fused_qkv=True),
 }
 
 
@@ -79,3 +76,16 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def linear_layers(layer: nn.Module) -> dict[str, nn.Linear]:
     """All ``nn.Linear`` modules inside one decoder layer, by relative name."""
     return {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
+
+
+def all_decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder layers of every HF CausalLM inside ``model`` (a PEFT model, or a
+    wrapper holding a student), found through the architecture table (:data:`ARCHS`)."""
+    from transformers import PreTrainedModel
+
+    found = []
+    for m in model.modules():
+        if (isinstance(m, PreTrainedModel) and getattr(m.config, "model_type", None) in ARCHS
+                and m.get_output_embeddings() is not None):       # the CausalLM, not its backbone
+            found.extend(decoder_layers(m))
+    return found

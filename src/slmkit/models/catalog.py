@@ -8,11 +8,15 @@ storage type's bits per weight, so nothing here is typed in twice.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from ..errors import SlmError
+from ..paths import cache_dir
 
 # Bits per weight of each storage type, block scales included
 # (q8_0: 32 int8 + one fp16 scale; q4_0: 32 int4 + one fp16 scale).
@@ -49,7 +53,6 @@ class CatalogEntry:
         return int(self.params * BITS_PER_WEIGHT[dtype] / 8)
 
     def available(self) -> bool:
-        from .io import builtin_available, hub_cached
         if self.builtin:
             return builtin_available(self.name)
         return hub_cached(self.hub_id)
@@ -134,7 +137,6 @@ def hf_config(entry_or_dict, **overrides):
 
 
 def _cache_file() -> Path:
-    from ..paths import cache_dir
     return cache_dir() / "param_counts.json"
 
 
@@ -172,8 +174,21 @@ def _count_params(config: dict) -> tuple[int, int]:
 
 
 def get_entry(name: str) -> CatalogEntry:
-    from ..errors import SlmError
     if name not in CATALOG:
         raise SlmError(f"unknown model '{name}'",
                        f"choose one of: {', '.join(CATALOG)} (see `slm models`)")
     return CATALOG[name]
+
+
+def builtin_available(name: str) -> bool:
+    pkg = CATALOG[name].builtin
+    return bool(pkg) and importlib.util.find_spec(pkg.replace("-", "_")) is not None
+
+
+def hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import snapshot_download
+        snapshot_download(repo_id, local_files_only=True)
+        return True
+    except Exception:
+        return False

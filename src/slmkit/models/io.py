@@ -7,7 +7,6 @@ to it. Pickled weights are never loaded.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -21,6 +20,9 @@ import torch
 from ..device import resolve_device
 from ..errors import SlmError
 from ..paths import cache_dir
+from .catalog import CATALOG, builtin_available, get_entry, hub_cached  # noqa: F401
+from .gguf_meta import read_header
+from .packed import load_quantized
 
 META_FILE = "slmkit.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -76,15 +78,8 @@ def tensor_bytes(model: torch.nn.Module) -> int:
 
 # ---------------------------------------------------------------- built-ins
 
-def builtin_available(name: str) -> bool:
-    from .catalog import CATALOG
-    pkg = CATALOG[name].builtin
-    return bool(pkg) and importlib.util.find_spec(pkg.replace("-", "_")) is not None
-
-
 def builtin_gguf(name: str) -> Path:
     """Path of the GGUF file a built-in model ships as."""
-    from .catalog import CATALOG, get_entry
     entry = get_entry(name)
     if not entry.builtin or not builtin_available(name):
         raise SlmError(f"model '{name}' has no weights on this machine",
@@ -117,7 +112,6 @@ def check_gguf(path: Path) -> None:
         raise SlmError(f"{path} is not a GGUF file (bad magic bytes)",
                        "pass a .gguf file written by llama.cpp, slmkit or gguf-py")
     try:
-        from .gguf_meta import read_header
         end = read_header(path).data_end
     except Exception as exc:  # any parse failure means a corrupt header
         raise SlmError(f"{path} is corrupt or truncated ({type(exc).__name__})",
@@ -217,7 +211,6 @@ def _with_adapter(slm: SLM, adapter: str | os.PathLike) -> SLM:
 
 
 def _load(spec: str | os.PathLike, dtype: torch.dtype) -> SLM:
-    from .catalog import CATALOG
     s = str(spec)
     path = Path(s).expanduser()
     if s in CATALOG:
@@ -236,7 +229,6 @@ def load_tokenizer(spec: str | os.PathLike):
     """The HF tokenizer of a model spec, without loading weights where possible."""
     from transformers import AutoTokenizer
 
-    from .catalog import CATALOG
     s = str(spec)
     path = Path(s).expanduser()
     if s in CATALOG and (cache_dir() / "models" / s / META_FILE).exists():
@@ -250,7 +242,6 @@ def _load_dir(path: Path, dtype: torch.dtype, spec: str) -> SLM:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     check_hf_dir(path)
     if "slmkit_quantization" in json.loads((path / "config.json").read_text()):
-        from ..compress.quantize import load_quantized     # packed-integer weights
         model = load_quantized(path, dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
@@ -314,15 +305,6 @@ def _load_builtin(name: str, dtype: torch.dtype) -> SLM:
     if not Path(slm.meta.get("gguf") or "").is_file():
         slm.meta["gguf"] = str(builtin_gguf(name))
     return slm
-
-
-def hub_cached(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import snapshot_download
-        snapshot_download(repo_id, local_files_only=True)
-        return True
-    except Exception:
-        return False
 
 
 def _load_hub(repo_id: str, dtype: torch.dtype) -> SLM:

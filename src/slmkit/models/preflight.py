@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SlmError
-from .io import check_gguf, check_hf_dir, hub_cached
+from .catalog import CATALOG
+from .gguf_meta import read_header
+from .io import adapter_base, adapter_dir, builtin_available, check_gguf, check_hf_dir, hub_cached
 
 
 @dataclass
@@ -57,7 +59,6 @@ def _hf_facts(path: Path) -> ModelFacts:
 
 
 def _gguf_facts(path: Path) -> ModelFacts:
-    from .gguf_meta import read_header
     check_gguf(path)
     header = read_header(path)
     params = sum(math.prod(t.shape) for t in header.tensors)
@@ -76,8 +77,6 @@ def check_model(spec, *, option: str = "MODEL", engine: str | None = None) -> Mo
 
 
 def _check_model(s: str, option: str, engine: str | None) -> ModelFacts:
-    from .catalog import CATALOG
-    from .io import builtin_available
     if not s.strip():
         raise SlmError(f"{option} is empty", f"give {option} a model: a path or one of "
                        f"{', '.join(n for n, e in CATALOG.items() if e.builtin)}")
@@ -101,7 +100,6 @@ def _check_model(s: str, option: str, engine: str | None) -> ModelFacts:
         except SlmError as exc:
             raise SlmError(f"{option}: {exc.what}", exc.fix) from None
     elif path.is_dir():
-        from .io import adapter_base, adapter_dir
         if adapter_dir(path) is not None:            # an adapter: check the base it names
             return _check_model(adapter_base(path), option, engine)
         try:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from ..data.corpora import python_docs
 from ..paths import cache_dir
+from .catalog import CATALOG, hf_config
 from .io import SLM
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -44,7 +46,6 @@ def tiny_tokenizer(vocab_size: int = 512):
     if (path / "tokenizer.json").exists():
         return PreTrainedTokenizerFast.from_pretrained(path)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from ..data.corpora import python_docs
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -74,7 +75,6 @@ def tiny_sp_tokenizer(vocab_size: int = 512):
         return PreTrainedTokenizerFast.from_pretrained(path)
     from tokenizers import (AddedToken, Tokenizer, decoders, models, normalizers, processors,
                             trainers)
-    from ..data.corpora import python_docs
     learn = Tokenizer(models.BPE())
     learn.normalizer = normalizers.Replace(" ", "\u2581")
     n_pieces = vocab_size - len(SP_SPECIALS) - 256
@@ -103,7 +103,6 @@ def tiny_sp_tokenizer(vocab_size: int = 512):
 
 def tiny_config(family: str = "llama", **overrides):
     """A transformers config for a 2-layer model of ``family``."""
-    from .catalog import CATALOG, hf_config
     name, extra = TINY_FAMILIES[family]
     cfg = dict(CATALOG[name].config)
     cfg.update(_TINY, **extra)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..data import load_split, record_text
 from .recipe import Recipe, resolved_options
 from .sizing import (ADAPTIVE, BLOCKS, DATA_KEY, DECODER, SEQ, SEQ_KEY, VOCAB, DataStats,
                      base_shape, clamp_share, is_adaptive, measure_data, resolve_seq,
@@ -111,7 +112,6 @@ def _check_room(step, opts: dict, st: DataStats | None) -> None:
 
 def prompts_from(spec: str, n: int = 3, words: int = 6) -> list[str]:
     """Sample prompts from data: the first words of the first ``n`` held-out records."""
-    from ..data import load_split, record_text
     out = []
     for rec in load_split(spec, "val"):
         head = " ".join(record_text(rec).split()[:words])

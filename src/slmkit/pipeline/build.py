@@ -26,8 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..data import read_records
 from ..errors import SlmError
+from ..models.catalog import CATALOG
+from ..models.io import builtin_gguf, load, replace_dir, save
+from ..models.tiny import TINY_FAMILIES, tiny_slm
+from .adapt import resolve
 from .recipe import Recipe, input_of, resolved_options
+from .report import write_report
+from .sizing import open_base
+from .steps import STEPS
 
 STEP_FILE = "step.json"
 WORK = ".work"
@@ -81,7 +89,6 @@ _DATA_FP: dict[str, str] = {}
 def data_fingerprint(spec: str) -> str:
     """Content hash of the records a data spec reads (cached per process)."""
     if spec not in _DATA_FP:
-        from ..data import read_records
         text = json.dumps(read_records(spec), sort_keys=True)
         _DATA_FP[spec] = hashlib.sha256(text.encode()).hexdigest()
     return _DATA_FP[spec]
@@ -132,8 +139,6 @@ class Build:
         Raises:
             SlmError: data too small for a step, with the minimum.
         """
-        from .adapt import resolve
-        from .sizing import open_base
         if self.sizing is None:
             tok, model = open_base(self.recipe.base, self.recipe.seed)
             self.recipe, self.sizing = resolve(self.recipe, tok, model)
@@ -146,7 +151,6 @@ class Build:
         Returns:
             the build report (also ``out/report.json``).
         """
-        from .report import write_report
         _quiet_transformers()
         self.resolve()
         if self.force and self.out.exists():
@@ -189,12 +193,9 @@ class Build:
         return res
 
     def _materialise_base(self, spec: str, d: Path) -> tuple[str, str]:
-        from ..models.catalog import CATALOG
-        from ..models.io import builtin_gguf, replace_dir, save
         tmp = d.with_name(d.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         if spec.startswith("tiny:"):
-            from ..models.tiny import TINY_FAMILIES, tiny_slm
             family = spec.split(":", 1)[1]
             if family not in TINY_FAMILIES:
                 raise SlmError(f"unknown tiny family '{family}'",
@@ -204,7 +205,6 @@ class Build:
             return str(d), artifact_hash(d)
         source = builtin_gguf(spec) if spec in CATALOG else Path(spec).expanduser()
         if not source.exists():                       # a cached hub id
-            from ..models.io import load
             source = Path(load(spec).path)
         d.mkdir(parents=True, exist_ok=True)
         return spec, artifact_hash(source)
@@ -236,7 +236,6 @@ class Build:
         return res
 
     def _execute(self, i: int, d: Path, src: StepResult, opts: dict, key: str) -> StepResult:
-        from ..models.io import replace_dir
         step = self.recipe.steps[i]
         work = self.out / WORK / d.name
         _prepare_work(work, key)
@@ -305,7 +304,6 @@ class Build:
 
     def _result_from(self, rec: dict, d: Path, status: str) -> StepResult:
         """A finished step read back from its ``step.json`` (paths taken from where it is now)."""
-        from .steps import STEPS
         report = _read_json(d / "report.json")
         artifact = rec.get("artifact")
         if rec["step"] in STEPS:

@@ -25,10 +25,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import SlmError
-from ..data import with_text_field
+from ..data import data_exists, with_text_field
+from ..data.corpora import CORPORA
+from ..errors import SlmError, error_text
+from ..evaluate.tasks import TASKS
+from ..models.catalog import CATALOG
+from ..models.io import builtin_available, hub_cached
+from ..models.preflight import check_model
 from . import sizing
-from ..pipeline_util import error_text
 from .steps import FROM_RECIPE, STEP_DEFAULTS, STEPS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -273,8 +277,6 @@ def _fix_for(err: dict) -> str:
 
 
 def _is_builtin(key: str, value: str) -> bool:
-    from ..data.corpora import CORPORA
-    from ..models.catalog import CATALOG
     if key == "base":
         return value in CATALOG or value.startswith("tiny:") or (
             value.count("/") == 1 and not value.startswith((".", "/", "~")) and not
@@ -428,13 +430,8 @@ def validate_options(recipe: Recipe, i: int, loc: Located):
 
 def check_paths(recipe: Recipe, loc: Located) -> None:
     """The base model and every data file the recipe names must exist."""
-    from ..data import data_exists
-    from ..data.corpora import CORPORA
-    from ..models.catalog import CATALOG
-    from ..models.io import hub_cached
     base = recipe.base
     if base in CATALOG:
-        from ..models.io import builtin_available
         entry = CATALOG[base]
         if not builtin_available(base):
             raise loc.error(("base",), f"model '{base}' has no weights on this machine",
@@ -442,7 +439,6 @@ def check_paths(recipe: Recipe, loc: Located) -> None:
                             + ", ".join(n for n, e in CATALOG.items() if e.builtin)
                             + ", a model directory, a .gguf file or `tiny:llama`")
     elif Path(base).expanduser().exists():
-        from ..models.preflight import check_model
         try:
             check_model(base, option="base")
         except SlmError as exc:
@@ -461,7 +457,6 @@ def check_paths(recipe: Recipe, loc: Located) -> None:
     for i, step in enumerate(recipe.steps):
         for k, v in step.options.items():
             if k == "task" and isinstance(v, str):
-                from ..evaluate.tasks import TASKS
                 missing = [t for t in v.split(",") if t.strip() not in TASKS
                            and not Path(t.strip()).expanduser().exists()]
                 if missing:

@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+from ..engines import open_engine, stream_text
 from ..evaluate.compare import change_text, kept_lost, value_text
 
 SAMPLES_FILE = "samples.json"
@@ -97,7 +98,6 @@ def samples(build, final) -> list[dict]:
 
 def generate_all(spec: str, prompts: list[str], max_tokens: int) -> list[str]:
     """Greedy (temperature 0) continuations of ``prompts`` by the model ``spec``."""
-    from ..engines import open_engine, stream_text
     engine = open_engine(spec)
     return ["".join(stream_text(engine, p, max_tokens=max_tokens, temperature=0.0, seed=0))
             for p in prompts]

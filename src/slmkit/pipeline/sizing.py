@@ -31,7 +31,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..compress.prune.vocab import select_tokens, tokenizer_json
+from ..data import read_records, record_text, split, tokenize_records
 from ..errors import SlmError
+from ..models.arch import decoder_layers
+from ..models.catalog import CATALOG
+from ..models.io import load, load_tokenizer
+from ..models.tiny import tiny_slm
+from ..paths import cache_dir
 
 # What kind of figure each adaptive option is, and which split it is measured on.
 TOKENS, BLOCKS, SEQ, VOCAB, DECODER = "tokens", "blocks", "seq", "vocab", "decoder"
@@ -128,7 +135,6 @@ class DataStats:
 
 def measure_data(spec: str, tokenizer) -> DataStats:
     """Tokens, characters and records of the train and validation splits of ``spec``."""
-    from ..data import read_records, record_text, split, tokenize_records
     train, val = split(read_records(spec))
     stats = DataStats(spec, {}, {}, {})
     for name, recs in (("train", train), ("val", val)):
@@ -159,7 +165,6 @@ class BaseShape:
 
 def base_shape(model) -> BaseShape:
     """Parameter layout of an HF model (a meta-device one is enough)."""
-    from ..models.arch import decoder_layers
     emb = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     tied = head is None or head.weight is emb
@@ -174,11 +179,7 @@ def open_base(spec: str, seed: int = 0):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..models.catalog import CATALOG
-    from ..models.io import load, load_tokenizer
-    from ..paths import cache_dir
     if spec.startswith("tiny:"):
-        from ..models.tiny import tiny_slm
         slm = tiny_slm(spec.split(":", 1)[1], seed=seed)
         return slm.tokenizer, slm.model
     tok = load_tokenizer(spec)
@@ -229,7 +230,6 @@ def clamp_share(r: dict, total: int) -> int:
 def base_vocab(tokenizer) -> int:
     """Tokens a trimmed vocabulary keeps whatever the domain: the alphabet (bytes) and the
     special tokens, as vocabulary trimming counts them."""
-    from ..compress.prune.vocab import select_tokens, tokenizer_json
     try:
         return len(select_tokens(tokenizer_json(tokenizer), Counter(), None))
     except (SlmError, KeyError, TypeError):     # a tokenizer vocabulary trimming cannot read

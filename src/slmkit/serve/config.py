@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..device import Device
+from ..engines import ENGINES
 from ..errors import SlmError
 
 
@@ -57,7 +58,6 @@ class ServeConfig(BaseModel):
     @field_validator("engine")
     @classmethod
     def _engine(cls, v: str) -> str:
-        from ..engines import ENGINES
         if v not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
         return v

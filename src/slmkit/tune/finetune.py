@@ -3,7 +3,7 @@
     report = run_finetune("smollm2-135m", "runs/x/01-finetune",
                           FinetuneConfig(data="python-docs", method="lora", max_tokens=200_000))
 
-Records are encoded with loss masks (``sft_data``), packed into blocks with
+Records are encoded with loss masks (``data.sft``), packed into blocks with
 per-example position ids, and trained by ``slmkit.tune.loop.train`` with a loss
 that applies the output head in chunks (``losses.chunked_head_loss``), so the
 (B, T, vocab) logits never exist at once. The validation split is evaluated
@@ -33,16 +33,18 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
+from ..data import load_split, read_records, split
 from ..data.batches import Batches
-from ..device import autocast_type, model_device, to_device
+from ..data.sft import IGNORE, Packed, encode_records, pack_examples
 from ..errors import SlmError
-from ..paths import peak_rss
+from ..evaluate.memory import peak_rss
+from ..evaluate.perplexity import model_engine, perplexity, record_ids, step_window
 from ..models.io import SLM, dir_bytes, load, replace_dir, save
 from . import adapters
 from .config import TrainConfig, TrainSettings
 from .distributed import barrier, dist_setup, is_main
 from .loop import train
-from .sft_data import IGNORE, Packed, encode_records, pack_examples
+from .losses import backbone_and_head, chunked_head_loss, fused_ce_kl, shift_labels
 
 DEFAULT_LR = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 3e-5}
 
@@ -68,7 +70,8 @@ class FinetuneConfig(TrainSettings):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of the records")
     val_data: str | None = Field(None, description="validate on the val split of this data "
                                  "instead (then all of `data` trains)")
-    max_val_blocks: int = Field(32, ge=1, description="validation blocks evaluated")
+    max_val_blocks: int = Field(32, ge=1, description="validation tokens scored, in blocks "
+                                "of seq_len")
     eval_every: int = Field(0, ge=0, description="steps between val evals; 0 = about 8 per run")
     ckpt_every: int | None = Field(None, ge=0, description="steps between checkpoints; "
                                    "None = every max(eval_every, 25) steps")
@@ -109,7 +112,6 @@ def sft_loss(model: torch.nn.Module, batch: dict, chunk_tokens: int = 1024
     (restarting per packed example, which makes attention block-diagonal). The
     head runs in chunks of ``chunk_tokens`` rows on the loss tokens only.
     """
-    from .losses import backbone_and_head, chunked_head_loss, fused_ce_kl, shift_labels
     backbone, head, softcap = backbone_and_head(model)
     h = backbone(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
                  use_cache=False).last_hidden_state                    # (B, T, H)
@@ -128,44 +130,19 @@ def sft_loss(model: torch.nn.Module, batch: dict, chunk_tokens: int = 1024
             {"loss_tokens": n})
 
 
-@torch.no_grad()
-def eval_loss(model: torch.nn.Module, data: Packed, batch_size: int = 4,
-              chunk_tokens: int = 1024, bf16: bool = True) -> float:
-    """Token-weighted mean cross-entropy of ``model`` on packed blocks."""
-    total, count = 0.0, 0
-    device = model_device(model)
-    with torch.autocast(autocast_type(device), dtype=torch.bfloat16, enabled=bf16):
-        for s in range(0, len(data), batch_size):
-            batch = to_device(data.batch(slice(s, s + batch_size)), device)
-            loss, m = sft_loss(model, batch, chunk_tokens)
-            total += float(loss) * m["loss_tokens"]
-            count += m["loss_tokens"]
-    return total / max(count, 1)
-
-
 # ---------------------------------------------------------------- data
 
-def prepare_data(cfg: FinetuneConfig, tokenizer) -> tuple[Packed, Packed | None, dict]:
-    """Train and validation blocks of ``cfg.data``, and a summary of them."""
-    from ..data import load_split, read_records, split
+def prepare_data(cfg: FinetuneConfig, tokenizer) -> tuple[Packed, list[dict], dict]:
+    """Train blocks and validation records of ``cfg.data``, and a summary of them."""
     if cfg.val_data:
         train_recs, val_recs = read_records(cfg.data), load_split(cfg.val_data, "val")
     else:
         train_recs, val_recs = split(read_records(cfg.data), cfg.val_fraction)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train = pack_examples(encode_records(train_recs, tokenizer), cfg.seq_len, pad)
-    val = None
-    if val_recs:
-        ex = encode_records(val_recs, tokenizer)
-        if ex:
-            val = pack_examples(ex, cfg.seq_len, pad)
-            val = Packed(val.input_ids[:cfg.max_val_blocks], val.labels[:cfg.max_val_blocks],
-                         val.position_ids[:cfg.max_val_blocks])
     info = {"train_records": len(train_recs), "val_records": len(val_recs),
-            "train_blocks": len(train), "train_loss_tokens": train.n_loss_tokens,
-            "val_blocks": len(val) if val is not None else 0,
-            "val_loss_tokens": val.n_loss_tokens if val is not None else 0}
-    return train, val, info
+            "train_blocks": len(train), "train_loss_tokens": train.n_loss_tokens}
+    return train, val_recs, info
 
 
 def plan_steps(cfg: FinetuneConfig, n_batches: int, world: int = 1) -> int:
@@ -180,14 +157,28 @@ def plan_steps(cfg: FinetuneConfig, n_batches: int, world: int = 1) -> int:
 
 class EarlyStopper:
     """Validation eval for the loop: tracks the best val loss, keeps a copy of the best
-    trainable weights, and reports ``stop`` after ``patience`` evals with no improvement."""
+    trainable weights, and reports ``stop`` after ``patience`` evals with no improvement.
 
-    def __init__(self, model, val: Packed, cfg: FinetuneConfig):
-        self.model, self.val, self.cfg = model, val, cfg
+    The val loss and perplexity are evaluate's (``slm eval``'s convention) on the first
+    ``max_val_blocks * seq_len`` tokens of the validation records."""
+
+    def __init__(self, model, tokenizer, ids: list[int], cfg: FinetuneConfig):
+        self.model, self.tokenizer, self.ids, self.cfg = model, tokenizer, ids, cfg
         self.best, self.bad, self.best_state = float("inf"), 0, None
 
+    @classmethod
+    def for_records(cls, model, tokenizer, records: list[dict], cfg: FinetuneConfig):
+        """A stopper over ``records``; None when they hold fewer than 2 tokens."""
+        was = model.training
+        ids = record_ids(model_engine(model, tokenizer), records,
+                         cfg.max_val_blocks * cfg.seq_len)
+        model.train(was)
+        return cls(model, tokenizer, ids, cfg) if len(ids) > 1 else None
+
     def __call__(self) -> dict:
-        loss = eval_loss(self.model, self.val, self.cfg.batch_size, self.cfg.chunk_tokens)
+        r = perplexity(model_engine(self.model, self.tokenizer), self.ids,
+                       *step_window(self.cfg.seq_len), progress=False)
+        loss = r["nll"]
         if loss < self.best - 1e-4:
             self.best, self.bad = loss, 0
             self.best_state = {n: p.detach().clone() for n, p in self.model.named_parameters()
@@ -195,7 +186,7 @@ class EarlyStopper:
         else:
             self.bad += 1
         stop = bool(self.cfg.patience) and self.bad >= self.cfg.patience
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "stop": float(stop)}
+        return {"val_loss": loss, "val_ppl": r["ppl"], "stop": float(stop)}
 
     def restore_best(self) -> bool:
         """Put the best weights back; True if they differ from the current ones."""
@@ -246,13 +237,14 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
     slm = _load(model)
     fingerprint = adapters.base_fingerprint(slm.model)
     n_params = slm.n_params
-    train_data, val, info = prepare_data(cfg, slm.tokenizer)
+    train_data, val_recs, info = prepare_data(cfg, slm.tokenizer)
     batches = Batches(train_data.columns(), cfg.batch_size)
     steps = plan_steps(cfg, len(batches), world)
     net = adapters.setup_model(slm.model, cfg.method, rank=cfg.rank, alpha=cfg.alpha,
                                dropout=cfg.dropout, targets=cfg.targets,
                                quant_format=cfg.quant_format, quant_group=cfg.quant_group)
-    stopper = EarlyStopper(net, val, cfg) if val is not None else None
+    stopper = EarlyStopper.for_records(net, slm.tokenizer, val_recs, cfg)
+    info["val_tokens"] = len(stopper.ids) if stopper is not None else 0
     work = out.with_name(out.name + ".partial")
     work.mkdir(parents=True, exist_ok=True)
     rep = train(net, batches, lambda m, b: sft_loss(m, b, cfg.chunk_tokens), _train_cfg(cfg, steps),

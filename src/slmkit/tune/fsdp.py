@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import SlmError
-from .speedups import all_decoder_layers
+from ..models.arch import all_decoder_layers
 
 _ROOT = "model."                    # prefix of the model's names inside the root module
 
@@ -83,6 +83,7 @@ class Sharded:
     def __init__(self, model: nn.Module, world: int):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
+
         check_shardable(model)
         self.model = model
         shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}

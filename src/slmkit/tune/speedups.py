@@ -13,22 +13,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..models.arch import ARCHS, decoder_layers
+from ..models.arch import all_decoder_layers
 from ..models.io import count_params
 from .config import COMPILE_MIN_PARAMS, COMPILE_MIN_STEPS, TrainConfig
 from .losses import compiled_ce
-
-
-def all_decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The decoder layers of every HF CausalLM inside ``model`` (a PEFT model, or a
-    wrapper holding a student), found through the architecture table."""
-    from transformers import PreTrainedModel          # heavy: only when layers are looked for
-    found = []
-    for m in model.modules():
-        if (isinstance(m, PreTrainedModel) and getattr(m.config, "model_type", None) in ARCHS
-                and m.get_output_embeddings() is not None):       # the CausalLM, not its backbone
-            found.extend(decoder_layers(m))
-    return found
 
 
 def should_compile(model: nn.Module, cfg: TrainConfig) -> bool:

@@ -51,7 +51,7 @@ from .align import CrossBlocks, cross_blocks
 from .config import KD_KINDS, DistillConfig
 from .losses import (DIVERGENCES, JSD, DistillLoss, ForwardKL, ReverseKL, SortedProbL1,
                      kd_divergence, make_divergence, make_loss_fn, sorted_prob_distance)
-from .run import block_ppl, distill_batches, run_distill, train_blocks, val_blocks
+from .run import distill_batches, run_distill, train_blocks, val_ids, val_ppl
 from .student import (DistillModule, build_module, check_pairs, default_layer_pairs,
                       init_student, student_config)
 from .teacher import (Teacher, check_sizes, check_tokenizers, setup_teacher,
@@ -60,8 +60,8 @@ from .teacher import (Teacher, check_sizes, check_tokenizers, setup_teacher,
 __all__ = [
     "CrossBlocks", "cross_blocks", "KD_KINDS", "DistillConfig", "DIVERGENCES", "JSD",
     "DistillLoss", "ForwardKL", "ReverseKL", "SortedProbL1", "kd_divergence",
-    "make_divergence", "make_loss_fn", "sorted_prob_distance", "distill_batches", "block_ppl",
-    "run_distill", "train_blocks", "val_blocks", "DistillModule", "build_module",
+    "make_divergence", "make_loss_fn", "sorted_prob_distance", "distill_batches", "val_ids",
+    "val_ppl", "run_distill", "train_blocks", "DistillModule", "build_module",
     "check_pairs", "default_layer_pairs", "init_student", "student_config", "Teacher",
     "check_sizes", "check_tokenizers", "setup_teacher", "teacher_files_fingerprint",
     "vocab_fingerprint", "weights_hash",

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ...pipeline_util import OptionError
+from ...errors import OptionError
 from ...tune.config import TrainSettings
 
 KD_KINDS = ("forward_kl", "reverse_kl", "jsd")

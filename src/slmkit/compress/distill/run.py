@@ -12,15 +12,14 @@ import torch
 from torch import nn
 
 from ...data import blocks as data_blocks
+from ...data import load_split
 from ...data.batches import Batches
-from ...data import load_split, token_stream
-from ...device import autocast_type, model_device
 from ...errors import SlmError
+from ...evaluate.perplexity import engine_tokens, model_engine, perplexity, step_window
 from ...models.io import SLM, count_params, dir_bytes, load, replace_dir, save
 from ...tune.distributed import barrier, dist_setup, is_main
 from ...tune.loop import train
 from ...tune.speedups import frozen_weights_in_bf16
-from ...tune.losses import causal_lm_loss
 from .align import CrossBlocks, cross_blocks
 from .config import DistillConfig
 from .losses import make_loss_fn
@@ -73,30 +72,19 @@ def train_blocks(cfg: DistillConfig, tokenizer, world: int = 1, teacher_tokenize
     return blocks, steps, cross
 
 
-def val_blocks(cfg: DistillConfig, tokenizer) -> torch.Tensor | None:
-    """Held-out blocks (M, T) from the validation split, at most ``val_tokens`` tokens."""
+def val_ids(cfg: DistillConfig, slm) -> list[int] | None:
+    """The held-out ids the perplexities score: the first ``val_tokens`` of the val split
+    of ``data``, as ``slm eval`` reads them (None when there are none)."""
     if cfg.val_tokens <= 0:
         return None
-    ids = token_stream(cfg.data, tokenizer, "val", max_tokens=cfg.val_tokens)
-    n = len(ids) // cfg.seq_len
-    return torch.tensor(ids[:n * cfg.seq_len]).view(n, cfg.seq_len) if n else None
+    ids = engine_tokens(model_engine(slm.model, slm.tokenizer), cfg.data, "val", cfg.val_tokens)
+    return ids if len(ids) > 1 else None
 
 
-@torch.no_grad()
-def block_ppl(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, bf16: bool = True,
-              chunk_tokens: int = 1024) -> float:
-    """Perplexity over disjoint blocks (M, T): exp(mean next-token NLL), bf16 autocast optional."""
-    was = model.training
-    model.eval()
-    nll, n = 0.0, 0
-    device = model_device(model)
-    with torch.autocast(autocast_type(device), dtype=torch.bfloat16, enabled=bf16):
-        for b in blocks.split(batch_size):
-            loss, m = causal_lm_loss(model, {"input_ids": b.to(device)}, chunk_tokens)
-            nll += float(loss) * m["loss_tokens"]
-            n += m["loss_tokens"]
-    model.train(was)
-    return math.exp(nll / max(1, n))
+def val_ppl(model: nn.Module, tokenizer, ids: list[int], cfg: DistillConfig) -> float:
+    """Perplexity of ``model`` on ``ids`` (evaluate's, with the step's window)."""
+    engine = model_engine(model, tokenizer)
+    return perplexity(engine, ids, *step_window(cfg.seq_len), progress=False)["ppl"]
 
 
 # ---------------------------------------------------------------- run
@@ -132,7 +120,7 @@ def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,
     t_pre = load(cfg.teacher, device=cfg.device) if cfg.cross_tokenizer else None
     blocks, steps, cross = train_blocks(cfg, s_slm.tokenizer, world,
                                         t_pre.tokenizer if t_pre else None)
-    vblocks = val_blocks(cfg, s_slm.tokenizer)
+    vids = val_ids(cfg, s_slm)
     t_slm, cache, info = setup_teacher(cfg, s_slm, blocks, rank, world, progress, t_pre)
     if cross is not None:
         info["cross_tokenizer"] = {"aligned_fraction": round(cross.aligned_fraction, 4),
@@ -143,11 +131,11 @@ def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,
     teacher = Teacher(t_slm.model if t_slm else None)
     if t_slm is not None:
         info.setdefault("teacher_sha256_before", weights_hash(t_slm.model))
-        if vblocks is not None and is_main() and not cfg.cross_tokenizer:
-            info["teacher_val_ppl"] = block_ppl(t_slm.model, vblocks, cfg.batch_size, cfg.bf16)
+        if vids is not None and is_main() and not cfg.cross_tokenizer:
+            info["teacher_val_ppl"] = val_ppl(t_slm.model, t_slm.tokenizer, vids, cfg)
     module = build_module(cfg, s_slm.model, t_slm.model if t_slm else None)
-    eval_fn = None if vblocks is None else (
-        lambda: {"val_ppl": block_ppl(module.student, vblocks, cfg.batch_size, cfg.bf16)})
+    eval_fn = None if vids is None else (
+        lambda: {"val_ppl": val_ppl(module.student, s_slm.tokenizer, vids, cfg)})
     partial = out.with_name(out.name + ".partial")
     train_cfg = cfg.train_config(steps, parallel="fsdp" if cfg.fsdp else "ddp")
     with frozen_weights_in_bf16(teacher.model, cfg.bf16 and teacher.model is not None,

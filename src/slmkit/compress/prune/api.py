@@ -14,11 +14,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from ... import units
+from ...data import load_split, record_text
 from ...device import Device, model_device
-from ...errors import SlmError
+from ...errors import OptionError, SlmError, spell
 from ...models.arch import decoder_layers, linear_layers
-from ...models.io import SLM, count_params, dir_bytes, load, replace_dir, save
-from ...pipeline_util import OptionError, spell
+from ...models.io import SLM, _unique, count_params, dir_bytes, load, replace_dir, save
 from . import depth, magnitude, sparsegpt, vocab, wanda, width
 from .calib import calib_blocks, check_calib
 from .layerwise import layer_sparsity, prune_each, prune_layerwise
@@ -161,7 +161,6 @@ class PruneConfig(BaseModel):
 
 def decoder_params(model: torch.nn.Module) -> int:
     """Parameters of the decoder layers (what depth and width pruning can remove)."""
-    from ...models.io import _unique
     return sum(p.numel() for p in _unique(decoder_layers(model).parameters()))
 
 
@@ -343,7 +342,6 @@ def _run_vocab(slm: SLM, out: Path, cfg: PruneConfig, t_start: float) -> dict:
     Perplexity before and after is per token of the original tokenizer on the same
     characters (the trimmed tokenizer splits dropped tokens into pieces).
     """
-    from ...data import load_split, record_text
     texts = [record_text(r) for r in load_split(cfg.calib, "train")]
     params_before = count_params(slm.model)
     ref_tok = slm.tokenizer

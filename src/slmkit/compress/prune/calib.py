@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...data import blocks
 from ...errors import SlmError
 from ...models.arch import decoder_layers
 
@@ -44,7 +45,6 @@ def calib_blocks(data, tokenizer, seqlen: int, nsamples: int) -> torch.Tensor:
     Raises:
         SlmError: the data holds fewer tokens than one sequence.
     """
-    from ...data import blocks
     return blocks(data, tokenizer, seqlen, which="train", max_blocks=nsamples)
 
 

@@ -5,6 +5,9 @@ import math
 
 from torch import nn
 
+from ...engines import open_engine
+from ...evaluate import eval_text, text_perplexity
+from ...evaluate.perplexity import heldout_perplexity as model_heldout_perplexity
 from ...models.arch import decoder_layers, linear_layers
 from ...models.io import tensor_bytes as state_bytes  # bytes as safetensors stores them
 
@@ -21,14 +24,12 @@ def heldout_perplexity(slm, data: str, max_tokens: int, max_length: int = 512,
     ``reference``: a tokenizer that picks the text and counts its tokens (``slm eval
     --reference``), for models whose own vocabulary differs from it.
     """
-    from ...engines import open_engine
-    from ...evaluate import engine_tokens, eval_text, perplexity, text_perplexity
-    engine = open_engine(slm, "pytorch")
     if reference is not None:
         text = eval_text(reference, data, "val", max_tokens)
-        return text_perplexity(engine, text, max_length, stride, progress=False)["ppl"]
-    ids = engine_tokens(engine, data, "val", max_tokens)
-    return perplexity(engine, ids, max_length=max_length, stride=stride, progress=False)["ppl"]
+        return text_perplexity(open_engine(slm, "pytorch"), text, max_length, stride,
+                               progress=False)["ppl"]
+    return model_heldout_perplexity(slm.model, slm.tokenizer, data, max_tokens, max_length,
+                                    stride)["ppl"]
 
 
 def sparse_format_bytes(model: nn.Module, pattern: tuple[int, int] | None) -> int:

@@ -7,7 +7,6 @@ memory, perplexity and decode speed against the unquantized model.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Literal
@@ -15,12 +14,16 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ...data import load_split, pack, tokenize_records
 from ...device import Device, model_device
+from ...engines import GenStats, open_engine
 from ...errors import SlmError
-from ...models.io import tensor_bytes as model_bytes  # in memory, tied tensors once
-from ...paths import peak_rss
-from .formats import FORMATS, get_format
-from .qlinear import QUANT_KEY, QuantLinear, dequantize_model, quant_linears, set_module
+from ...evaluate.memory import peak_rss
+from ...evaluate.perplexity import engine_tokens, model_engine, perplexity, step_window
+from ...models.io import SLM, count_params, dir_bytes, load, save, tensor_bytes as model_bytes
+from ...models.packed import (FORMATS, QUANT_KEY, QuantLinear, dequantize_model, get_format,
+                              load_quantized, quant_linears)
+from . import gptq, rtn
 
 
 class QuantizeConfig(BaseModel):
@@ -65,45 +68,8 @@ def mark_quantized(model: torch.nn.Module, cfg: QuantizeConfig) -> None:
         "modules": sorted(quant_linears(model))})
 
 
-def load_quantized(path: Path, dtype: torch.dtype = torch.float32):
-    """Rebuild a packed-integer model saved by :func:`run_quantize` from ``path``."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-    config = AutoConfig.from_pretrained(path)
-    spec = getattr(config, QUANT_KEY)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    for name in spec["modules"]:
-        lin = model.get_submodule(name)
-        set_module(model, name, QuantLinear(lin.in_features, lin.out_features, spec["bits"],
-                                            spec["group_size"], lin.bias is not None, dtype))
-    state = {}
-    for f in sorted(path.glob("*.safetensors")):
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {k for k in missing if "lm_head" in k and getattr(config, "tie_word_embeddings", False)}
-    if set(missing) - tied or unexpected:
-        raise SlmError(f"{path}: quantized weights do not match the config "
-                       f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})",
-                       "re-run `slm quantize`")
-    model.tie_weights()
-    return model.eval()
-
-
-@torch.no_grad()
-def block_perplexity(model: torch.nn.Module, ids: torch.Tensor) -> float:
-    """Perplexity over (N, T) blocks, each scored on its own (no overlap)."""
-    nll, n = 0.0, 0
-    device = model_device(model)
-    for b in ids.to(device):
-        logits = model(b[None]).logits[0, :-1].float()
-        nll += float(torch.nn.functional.cross_entropy(logits, b[1:], reduction="sum"))
-        n += b.numel() - 1
-    return math.exp(nll / max(n, 1))
-
-
 def decode_speed(slm, n_tokens: int) -> float:
     """Greedy decode tokens/s of ``slm`` on the PyTorch engine."""
-    from ...engines import GenStats, open_engine
     eng = open_engine(slm)
     stats = GenStats()
     ids = eng.tokenize("def main():\n    ")
@@ -126,7 +92,6 @@ def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
     Returns:
         the report dict (also written to ``out/report.json``).
     """
-    from ...models.io import SLM, count_params, dir_bytes, load, save
     out = Path(out)
     if out.exists() and not overwrite:
         raise SlmError(f"{out} already exists", "choose another --out or pass --force")
@@ -136,7 +101,7 @@ def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
     t0 = time.perf_counter()
     calib = first_blocks(cfg.calib, slm.tokenizer, cfg.seq_len, "train", cfg.calib_samples)
     calib = calib.to(model_device(slm.model))
-    held = _eval_ids(cfg, slm.tokenizer)
+    held = _eval_ids(cfg, slm)
     before = _measure(slm, held, cfg)
     report = {"method": cfg.method, "bits": cfg.bits, "group_size": cfg.group_size,
               "sym": cfg.sym, "act_order": cfg.act_order, "clip": cfg.clip,
@@ -148,6 +113,7 @@ def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
     report["after"] = _measure(slm, held, cfg)
     report["peak_rss_bytes"] = peak_rss()
     if held is not None:
+        report["ppl_text"] = _ppl_text(cfg, held)
         report["ppl_increase_pct"] = round(100 * (report["after"]["ppl"] / before["ppl"] - 1), 3)
     step = {"step": "quantize", "config": cfg.model_dump(), "report": report}
     save(slm, out, step=step, overwrite=overwrite)
@@ -159,7 +125,6 @@ def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
 
 def first_blocks(spec, tok, seq_len: int, which: str, n: int) -> torch.Tensor:
     """The first ``n`` packed (n, seq_len) blocks of a split, tokenizing only what is needed."""
-    from ...data import load_split, pack, tokenize_records
     docs, total = [], 0
     for rec in load_split(spec, which):
         docs += tokenize_records([rec], tok)
@@ -169,17 +134,28 @@ def first_blocks(spec, tok, seq_len: int, which: str, n: int) -> torch.Tensor:
     return pack(docs, seq_len)[:n]
 
 
-def _eval_ids(cfg: QuantizeConfig, tok):
+def _eval_ids(cfg: QuantizeConfig, slm) -> list[int] | None:
+    """The held-out ids both perplexities score: the first ``eval_tokens`` of the val split
+    of ``calib``, as ``slm eval`` reads them."""
     if not cfg.eval_tokens:
         return None
-    seq = min(cfg.seq_len, cfg.eval_tokens)
-    return first_blocks(cfg.calib, tok, seq, "val", max(1, cfg.eval_tokens // seq))
+    return engine_tokens(model_engine(slm.model, slm.tokenizer), cfg.calib, "val",
+                         cfg.eval_tokens)
+
+
+def _ppl_text(cfg: QuantizeConfig, held: list[int]) -> dict:
+    """What the before/after perplexities scored (``slm eval`` with these options agrees)."""
+    max_length, stride = step_window(cfg.seq_len)
+    return {"data": cfg.calib, "split": "val", "max_eval_tokens": len(held),
+            "max_length": max_length, "stride": stride, "convention": "hf"}
 
 
 def _measure(slm, held, cfg: QuantizeConfig) -> dict:
     m = {"memory_bytes": model_bytes(slm.model)}
     if held is not None:
-        m["ppl"] = round(block_perplexity(slm.model, held), 4)
+        r = perplexity(model_engine(slm.model, slm.tokenizer), held, *step_window(cfg.seq_len),
+                       progress=False)
+        m["ppl"] = round(r["ppl"], 4)
     if cfg.speed_tokens:
         m["decode_tok_s"] = round(decode_speed(slm, cfg.speed_tokens), 2)
     return m
@@ -187,9 +163,7 @@ def _measure(slm, held, cfg: QuantizeConfig) -> dict:
 
 def _apply(model, calib, cfg: QuantizeConfig, progress) -> dict:
     if cfg.method == "rtn":
-        from . import rtn
         return {"weight_rel_error": rtn.quantize(model, cfg.bits, cfg.group_size, cfg.sym)}
-    from . import gptq
     st = gptq.quantize(model, calib, cfg.bits, cfg.group_size, cfg.sym, cfg.act_order,
                        cfg.block_size, cfg.damp, progress, clip=cfg.clip)
     mean = lambda d: sum(d.values()) / max(len(d), 1)  # noqa: E731
@@ -198,7 +172,6 @@ def _apply(model, calib, cfg: QuantizeConfig, progress) -> dict:
 
 
 def _source_bytes(slm, before: dict) -> int:
-    from ...models.io import dir_bytes
     src = slm.path
     if src is not None and Path(src).is_dir():
         return dir_bytes(Path(src))
@@ -206,4 +179,4 @@ def _source_bytes(slm, before: dict) -> int:
 
 
 __all__ = ["QuantizeConfig", "run_quantize", "load_quantized", "QuantLinear", "dequantize_model",
-           "quant_linears", "get_format", "model_bytes", "block_perplexity"]
+           "quant_linears", "get_format", "model_bytes"]

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .formats import get_format
-from .qlinear import QuantLinear, set_module
+from ...models.arch import arch_of, decoder_layers
+from ...models.packed.formats import get_format, quantize_weight
+from ...models.packed.qlinear import QuantLinear, set_module
 from .rtn import check_targets
 
 
@@ -158,7 +159,6 @@ def capture_inputs(model: nn.Module, batches: torch.Tensor) -> tuple[list, list[
     Returns:
         ``(hidden, kwargs)``: hidden[b] (1, T, d); kwargs[b][layer] a dict.
     """
-    from ...models.arch import decoder_layers
     layers = decoder_layers(model)
     hidden, kwargs = [], []
 
@@ -207,8 +207,6 @@ def quantize(model: nn.Module, batches: torch.Tensor, bits: int, group_size: int
     Returns:
         per-linear relative output error of GPTQ and, for comparison, of RTN.
     """
-    from ...models.arch import arch_of, decoder_layers
-    from .formats import quantize_weight
     targets = check_targets(model, bits, group_size)
     layers = decoder_layers(model)
     hidden, kwargs = capture_inputs(model, batches)

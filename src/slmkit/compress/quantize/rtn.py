@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .formats import check_layer, quantize_weight
-from .qlinear import QuantLinear, set_module
+from ...models.arch import arch_of, decoder_layers
+from ...models.packed.formats import check_layer, quantize_weight
+from ...models.packed.qlinear import QuantLinear, set_module
 
 
 def target_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """The ``nn.Linear`` layers inside the decoder layers, by full module name."""
-    from ...models.arch import arch_of, decoder_layers
     prefix = arch_of(model).layers
     return {f"{prefix}.{i}.{n}": m for i, layer in enumerate(decoder_layers(model))
             for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
