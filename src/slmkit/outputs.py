@@ -4,10 +4,13 @@ Every verb that writes checks its output once, before any work, with
 :func:`check_output`: an existing output needs ``--force``, an output equal to
 or inside an input (or holding one) is refused, a file flag wants a file name
 with the right suffix and a directory flag a directory name, and only run
-directories get their parents created.
+directories get their parents created. Library writers (``save``, ``run_prune``,
+...) check ``overwrite`` with :func:`refuse_existing`, the one place that refuses
+an existing output.
 
 Writers put their bytes in a temporary sibling named by :func:`temp_path`
-(``.NAME.tmp-PID``) and rename it into place. ``slm`` turns SIGTERM into an
+(``.NAME.tmp-PID``, the one naming scheme) and rename it into place with
+:func:`atomic_path` / :func:`replace`. ``slm`` turns SIGTERM into an
 ordinary exit, so a temporary file is removed by the writer's own cleanup on
 Ctrl-C and on ``kill``; one left by a process that was killed outright
 (SIGKILL, power loss) is removed by :func:`clean_stale` on the next run, which
@@ -28,7 +31,7 @@ from .errors import SlmError
 # Suffixes that name a file: a directory output with one of them is a mistake.
 FILE_SUFFIXES = (".gguf", ".jsonl", ".json", ".txt", ".md", ".safetensors", ".bin", ".yaml",
                  ".yml", ".csv", ".html")
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old|partial)-(?P<pid>\d+)$")
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old|partial|f32)-(?P<pid>\d+)$")
 
 
 def temp_path(out: str | os.PathLike, tag: str = "tmp") -> Path:
@@ -119,6 +122,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def replace(src: Path, dst: Path) -> None:
     """Move the finished ``src`` to ``dst``, replacing an old file or directory there."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.is_dir() and not dst.is_symlink():
         old = temp_path(dst, "old")
         os.replace(dst, old)
@@ -134,6 +139,24 @@ def disk_full(exc: BaseException) -> bool:
 
 
 # ---------------------------------------------------------------- the output guard
+
+def refuse_existing(out: str | os.PathLike, force: bool = False, option: str | None = None
+                    ) -> None:
+    """The one existing-output guard: an output that exists needs ``force`` (``--force``).
+
+    :func:`check_output` calls it for the CLI; every library writer (``run_prune``,
+    ``save``, ...) calls it with its ``overwrite`` argument.
+
+    Raises:
+        SlmError: naming ``option`` (or the path alone, for a library call).
+    """
+    path = Path(str(out)).expanduser()
+    if force or not (path.exists() or path.is_symlink()):
+        return
+    flag = option or "--out"
+    raise SlmError(f"{option + ' ' if option else ''}{out} already exists",
+                   f"choose another {flag} or pass --force to replace it")
+
 
 def _local(spec) -> Path | None:
     """The resolved path of an input that is a local file or directory, else None."""
@@ -190,9 +213,7 @@ def _check_output(out, kind, force, inputs, suffixes, option, make_parents) -> P
         if kind == "file" and path.is_dir():
             raise SlmError(f"{option} {out} is an existing directory, not a file",
                            f"choose another {option}")
-        if not force:
-            raise SlmError(f"{option} {out} already exists",
-                           f"choose another {option} or pass --force to replace it")
+        refuse_existing(path, force, option)
     parent = path.parent
     if not make_parents and not parent.is_dir():
         what = "is not a directory" if parent.exists() else "does not exist"

@@ -31,6 +31,7 @@ from pathlib import Path
 from .errors import SlmError
 from .models.catalog import CATALOG, get_entry, hf_config
 from .models.gguf_meta import read_header, type_name
+from .outputs import atomic_write_text
 from .paths import cache_dir
 
 # Fitted on this 2-core machine against llama.cpp decode of GGUF files (bench/build.py plan --fit).
@@ -188,9 +189,7 @@ def load_probe(reprobe: bool = False, path: Path | None = None) -> Probe:
         except (TypeError, ValueError):
             pass                                        # stale format: measure again
     probe = probe_machine()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(probe), indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(asdict(probe), indent=2))
     return probe
 
 

@@ -78,6 +78,8 @@ def make_workspace(root: Path, tiny: Path) -> Path:
     (root / "nodata" / "notes.xyz").write_text("not data\n")
     (root / "recipe.yaml").write_text("name: x\nbase: tiny:llama\ndata: python-docs\n"
                                       "steps: [{step: prune, method: width, target: 2.0}]\n")
+    (root / "no-weights.yaml").write_text("name: y\nbase: smollm2-360m\ndata: python-docs\n"
+                                          "steps: [{step: prune, method: width, target: 0.5}]\n")
     broken = root / "broken"
     shutil.copytree(tiny, broken)
     (broken / "model.safetensors").write_bytes(b"garbage" * 10)

@@ -5,6 +5,8 @@ Paths are relative to a workspace of good and bad inputs (see ``conftest.make_wo
 ``{ws}`` is its absolute path. Each command fails in its checks, before any model loads,
 so the whole table runs in seconds.
 """
+import json
+
 import pytest
 
 from .conftest import snapshot
@@ -98,6 +100,7 @@ CASES = [
     ("prune", ["model", "--method", "depth", "--target", "nan", "--out", "o"], "--target"),
     ("prune", ["model", "--method", "depth", "--target", "5B", "--out", "o"], "--target"),
     ("prune", ["model", "--method", "vocab", "--vocab-size", "1", "--out", "o"], "--vocab-size"),
+    ("prune", ["model", "--method", "vocab", "--vocab-size", "10", "--out", "o"], "--vocab-size"),
     ("prune", ["model", "--method", "vocab", "--vocab-size", "100000", "--out", "o"],
      "--vocab-size"),
     ("prune", ["model", "--method", "magnitude", "--out", "o"], "--sparsity"),
@@ -176,6 +179,7 @@ CASES = [
     ("serve", ["model", "--host", "0.0.0.0"], "--api-key"),
     ("serve", ["nosuch"], "nosuch"),
     ("build", ["recipe.yaml", "--check"], "target"),
+    ("build", ["no-weights.yaml", "--check"], "smollm2-360m"),
     ("build", ["nosuch.yaml", "--check"], "nosuch.yaml"),
     ("build", ["doc.md", "--check"], "doc.md"),
 ]
@@ -210,3 +214,14 @@ def test_bad_input(verb, args, needle, workspace, run_slm, monkeypatch):
 def test_every_verb_has_cases():
     from slmkit.cli import VERBS
     assert set(VERBS) <= {verb for verb, _, _ in CASES}
+
+
+def test_augment_gives_back_the_fields_as_written(workspace, run_slm, monkeypatch):
+    """A JSONL ``id: 7`` stays the number 7 in the original and in every copy."""
+    monkeypatch.chdir(workspace)
+    r = run_slm("augment", "notes.jsonl", "--out", "aug.jsonl", "--n", "3")
+    assert r.code == 0, r.out
+    rows = [json.loads(line) for line in (workspace / "aug.jsonl").read_text().splitlines()]
+    assert rows[0] == {"text": "one line of notes about lists", "id": 7}
+    assert len(rows) > 1 and all(row["id"] == 7 for row in rows)
+    assert all(row["augmented"] for row in rows[1:])

@@ -8,7 +8,7 @@ from slmkit.tune.finetune import FinetuneConfig, _train_cfg
 
 # a value other than the default for every shared setting
 OTHER = {"device": "cpu", "lr": 1e-3, "warmup_steps": 3, "schedule": "linear",
-         "min_lr_ratio": 0.5, "weight_decay": 0.1, "adam_betas": (0.8, 0.9), "batch_size": 2,
+         "min_lr_ratio": 0.5, "weight_decay": 0.1, "batch_size": 2,
          "grad_accum": 3, "max_grad_norm": 0.5, "bf16": False, "bf16_base": False,
          "grad_checkpointing": True, "compile": False, "blocked_attention": False,
          "shuffle": False, "eval_every": 4, "eval_at_start": False, "ckpt_every": 6,
@@ -18,8 +18,8 @@ OTHER = {"device": "cpu", "lr": 1e-3, "warmup_steps": 3, "schedule": "linear",
 def test_other_covers_every_shared_setting():
     assert set(OTHER) == set(TrainSettings.model_fields)
     assert all(TrainSettings.model_fields[k].default != v for k, v in OTHER.items())
-    assert set(TrainConfig.model_fields) == set(TrainSettings.model_fields) | {"max_steps",
-                                                                               "parallel"}
+    assert set(TrainConfig.model_fields) == set(TrainSettings.model_fields) | {
+        "max_steps", "adam_betas", "parallel"}
 
 
 def test_distill_hands_every_setting_to_the_loop():

@@ -5,29 +5,36 @@ from typing import Optional
 
 import typer
 
-from ..data import with_text_field
 from ..data.preflight import check_data
 from ..models.preflight import check_model
 from ..outputs import check_output
+from ..export import ExportConfig, run_export
 from ..progress import progress_bar
-from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
+from .app import TEXT_FIELD, console, print_json
+from .options import Flag, flag_names, param, step_command, with_text_fields
 from .validate import config_from_options
 
 
-@app.command("export")
-def export_cmd(
-    model: str = typer.Argument(..., help="Model: built-in name, HF directory (also quantized) or .gguf file."),
-    out: str = typer.Option(..., "--out", "-o", help="Output .gguf file, or directory for --format hf."),
-    fmt: str = typer.Option("gguf", "--format", "-f", help="gguf or hf."),
-    type_: str = typer.Option("f16", "--type", "-t", help="GGUF type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k, ..."),
-    parity_tokens: int = typer.Option(256, min=0, help="Held-out tokens for the parity check (0 skips)."),
-    parity_text: str = typer.Option("python-docs", help="Text for the parity check (val split)."),
-    device: str = DeviceOpt,
-    fp32: bool = typer.Option(False, "--fp32", help="hf: write fp32 weights (default: the model's own dtype, bf16 unless it was made in another)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
-    text_field: Optional[str] = TEXT_FIELD,
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-):
+# How ExportConfig's fields show on the command line, where they differ from
+# `--field-name` and the field's description; defaults come from the config.
+FLAGS = {
+    "format": Flag(("--format", "-f"), "gguf or hf."),
+    "type": Flag(("--type", "-t"), "GGUF type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k, ..."),
+    "parity_tokens": Flag(help="Held-out tokens for the parity check (0 skips).", min=0),
+    "parity_text": Flag(help="Text for the parity check (val split)."),
+    "fp32": Flag(help="hf: write fp32 weights (default: the model's own dtype, bf16 unless it was made in another)."),
+}
+
+HEAD = [param("model", str, typer.Argument(..., help="Model: built-in name, HF directory (also quantized) or .gguf file.")),
+        param("out", str, typer.Option(..., "--out", "-o", help="Output .gguf file, or directory for --format hf."))]
+TAIL = [param("force", bool, typer.Option(False, "--force", help="Replace an existing output.")),
+        param("text_field", Optional[str], TEXT_FIELD),
+        param("json_out", bool, typer.Option(False, "--json", help="Print the report as JSON."))]
+
+
+@step_command("export", ExportConfig, flags=FLAGS, head=HEAD, tail=TAIL)
+def export_cmd(values: dict, model: str, out: str, force: bool, text_field: Optional[str],
+               json_out: bool):
     """Export a model to GGUF (checked against PyTorch in llama.cpp) or to plain HF safetensors.
 
     Every export is reloaded and compared with the PyTorch model on a fixed held-out
@@ -35,16 +42,15 @@ def export_cmd(
 
     Example: slm export runs/q4 --format gguf --type q4_0 --out runs/q4.gguf
     """
-    from ..export import ExportConfig, run_export
-    cfg = config_from_options(ExportConfig, format=fmt, type=type_, parity_tokens=parity_tokens,
-                              parity_text=with_text_field(parity_text, text_field), device=device,
-                              fp32=fp32)
+    cfg = config_from_options(ExportConfig, flags=flag_names(FLAGS),
+                              **with_text_fields("export", values, text_field))
+    fmt = cfg.format
     if fmt == "hf":
         check_output(out, kind="dir", force=force, inputs={"MODEL": model}, make_parents=True)
     else:
         check_output(out, kind="file", force=force, suffixes=(".gguf",), inputs={"MODEL": model})
     check_model(model)
-    if parity_tokens:
+    if cfg.parity_tokens:
         check_data(cfg.parity_text, "--parity-text")
     with progress_bar(f"export {fmt}", total=None, enabled=not json_out):
         report = run_export(model, out, cfg, overwrite=force)

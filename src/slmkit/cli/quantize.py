@@ -5,35 +5,42 @@ from typing import Optional
 
 import typer
 
-from ..data import with_text_field
+from ..compress.quantize import QuantizeConfig, run_quantize
 from ..data.preflight import check_data
 from ..models.preflight import check_model
 from ..outputs import check_output
 from ..progress import progress_bar
-from .app import DeviceOpt, TEXT_FIELD, app, console, print_json
+from .app import TEXT_FIELD, console, print_json
+from .options import Flag, flag_names, param, step_command, with_text_fields
 from .validate import config_from_options
 
 
-@app.command("quantize")
-def quantize_cmd(
-    model: str = typer.Argument(..., help="Model: built-in name, HF directory or .gguf file."),
-    out: str = typer.Option(..., "--out", "-o", help="Output directory (written complete or not at all)."),
-    method: str = typer.Option("gptq", "--method", "-m", help="rtn (round to nearest) or gptq."),
-    bits: int = typer.Option(4, "--bits", "-b", help="Bits per weight: 8 or 4."),
-    group_size: int = typer.Option(128, "--group-size", "-g", help="Inputs sharing one scale; -1 = one scale per output channel."),
-    sym: bool = typer.Option(True, "--sym/--asym", help="Symmetric grid, or asymmetric with a zero point."),
-    act_order: bool = typer.Option(False, "--act-order", help="GPTQ: quantize columns by decreasing Hessian diagonal."),
-    clip: bool = typer.Option(True, "--clip/--no-clip", help="GPTQ: pick each group's range by a search that clips outliers when that lowers the (Hessian-weighted) rounding error."),
-    calib: str = typer.Option("python-docs", "--calib", "-c", help="Calibration data (train split); held-out perplexity uses its val split."),
-    calib_samples: int = typer.Option(64, min=1, help="Calibration sequences."),
-    seq_len: int = typer.Option(512, min=2, help="Tokens per calibration sequence."),
-    eval_tokens: int = typer.Option(4096, min=0, help="Held-out tokens scored before and after (0 skips)."),
-    speed_tokens: int = typer.Option(32, min=0, help="Tokens decoded to measure speed before and after (0 skips)."),
-    device: str = DeviceOpt,
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
-    text_field: Optional[str] = TEXT_FIELD,
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-):
+# How QuantizeConfig's fields show on the command line, where they differ from
+# `--field-name` and the field's description; defaults come from the config.
+FLAGS = {
+    "method": Flag(("--method", "-m"), "rtn (round to nearest) or gptq."),
+    "bits": Flag(("--bits", "-b"), "Bits per weight: 8 or 4."),
+    "group_size": Flag(("--group-size", "-g"), "Inputs sharing one scale; -1 = one scale per output channel."),
+    "sym": Flag(("--sym/--asym",), "Symmetric grid, or asymmetric with a zero point."),
+    "act_order": Flag(help="GPTQ: quantize columns by decreasing Hessian diagonal."),
+    "clip": Flag(help="GPTQ: pick each group's range by a search that clips outliers when that lowers the (Hessian-weighted) rounding error."),
+    "calib": Flag(("--calib", "-c"), "Calibration data (train split); held-out perplexity uses its val split."),
+    "calib_samples": Flag(help="Calibration sequences.", min=1),
+    "seq_len": Flag(help="Tokens per calibration sequence.", min=2),
+    "eval_tokens": Flag(help="Held-out tokens scored before and after (0 skips).", min=0),
+    "speed_tokens": Flag(help="Tokens decoded to measure speed before and after (0 skips).", min=0),
+}
+
+HEAD = [param("model", str, typer.Argument(..., help="Model: built-in name, HF directory or .gguf file.")),
+        param("out", str, typer.Option(..., "--out", "-o", help="Output directory (written complete or not at all)."))]
+TAIL = [param("force", bool, typer.Option(False, "--force", help="Replace an existing --out directory.")),
+        param("text_field", Optional[str], TEXT_FIELD),
+        param("json_out", bool, typer.Option(False, "--json", help="Print the report as JSON."))]
+
+
+@step_command("quantize", QuantizeConfig, flags=FLAGS, head=HEAD, tail=TAIL)
+def quantize_cmd(values: dict, model: str, out: str, force: bool, text_field: Optional[str],
+                 json_out: bool):
     """Quantize the decoder Linear layers to packed int8/int4 and report size, quality, speed.
 
     The result is a smaller model directory (packed integers + float16 scales) that
@@ -41,16 +48,13 @@ def quantize_cmd(
 
     Example: slm quantize smollm2-135m --method gptq --bits 4 --group-size 128 --calib python-docs --out runs/q4
     """
-    from ..compress.quantize import QuantizeConfig, run_quantize
-    cfg = config_from_options(QuantizeConfig, method=method, bits=bits, group_size=group_size,
-                              sym=sym, act_order=act_order, clip=clip, calib=with_text_field(calib, text_field),
-                              calib_samples=calib_samples, seq_len=seq_len,
-                              eval_tokens=eval_tokens, speed_tokens=speed_tokens, device=device)
+    cfg = config_from_options(QuantizeConfig, flags=flag_names(FLAGS),
+                              **with_text_fields("quantize", values, text_field))
     check_output(out, kind="dir", force=force, make_parents=True,
-                 inputs={"MODEL": model, "--calib": calib})
+                 inputs={"MODEL": model, "--calib": values["calib"]})
     check_model(model)
     check_data(cfg.calib, "--calib")
-    with progress_bar(f"{method} layers", total=None, enabled=not json_out) as bar:
+    with progress_bar(f"{cfg.method} layers", total=None, enabled=not json_out) as bar:
         report = run_quantize(model, out, cfg, overwrite=force,
                               progress=lambda done, total: bar.update(completed=done, total=total))
     if json_out:

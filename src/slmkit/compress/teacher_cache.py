@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import SlmError
+from ..outputs import atomic_path, atomic_write_text
 
 MANIFEST = "manifest.json"
 BLOCKS_PER_SHARD = 64
@@ -124,9 +124,8 @@ def build_cache(root: Path, blocks: torch.Tensor, teacher_logits_fn, *, top_k: i
             vals.append(v.cpu())
             idx.append(i.cpu())
             on_block and on_block(len(b))
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        save_file({"values": torch.cat(vals), "indices": torch.cat(idx)}, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"values": torch.cat(vals), "indices": torch.cat(idx)}, str(tmp))
 
 
 def write_manifest(root: Path, blocks: torch.Tensor, *, top_k: int, teacher_fp: str,
@@ -143,9 +142,7 @@ def write_manifest(root: Path, blocks: torch.Tensor, *, top_k: int, teacher_fp: 
            "n_blocks": len(blocks), "seq_len": blocks.shape[1], "vocab_size": vocab_size,
            "blocks_per_shard": BLOCKS_PER_SHARD, "values_dtype": "float16",
            "indices_dtype": "int32", **(extra or {})}
-    tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(man, indent=1))
-    os.replace(tmp, root / MANIFEST)
+    atomic_write_text(root / MANIFEST, json.dumps(man, indent=1))
     return man
 
 

@@ -21,11 +21,11 @@ from there.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from ..errors import SlmError
+from ..outputs import atomic_write_text
 from ..paths import cache_dir
 from .readers import html, nfc, read_text
 
@@ -97,9 +97,7 @@ def ko_libreoffice_help() -> list[dict]:
                 lines.append(line)
         if lines:
             records.append({"text": "\n".join(lines), "id": str(f.relative_to(d / "text"))})
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    tmp.replace(cached)
+    atomic_write_text(cached, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return records
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..device import Device
 from ..engines import GenStats, open_engine, stream_text
 from ..errors import SlmError
-from ..outputs import temp_path
+from ..outputs import refuse_existing, temp_path
 from ..progress import progress_bar
 from . import iter_jsonl
 
@@ -90,8 +90,7 @@ def run_synth(out: str | Path, cfg: SynthConfig, *, overwrite: bool = False,
         progress: show a progress bar.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    refuse_existing(out, overwrite)
     prompts = read_prompts(cfg.prompts)
     engine = open_engine(cfg.teacher, cfg.engine, device=cfg.device)
     tmp = temp_path(out)

@@ -14,6 +14,7 @@ from . import chat_format
 from .base import GenStats, token_logprobs, track
 from .chat_format import end_of_turn_ids
 from .llama_lib import llama_cpp
+from .llamacpp_score import LlamaCppScorer
 
 
 class LlamaCppEngine:
@@ -37,6 +38,7 @@ class LlamaCppEngine:
         self.context_length = self.llm.n_ctx()
         self.eos_ids = {self.llm.token_eos()} | end_of_turn_ids(self._special_id)
         self._chat = None                     # chosen on first use (it may print a note)
+        self._scorer = None                   # batched scoring context, made on first use
 
     def _special_id(self, text: str) -> int | None:
         ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -82,6 +84,13 @@ class LlamaCppEngine:
             rows = torch.from_numpy(np.array(self.llm.scores[p: p + len(s) - 1], dtype=np.float32))
             out.append(token_logprobs(torch.cat([last[None], rows]), s))
         return out
+
+    def score_many(self, items: list[tuple[list[int], list[list[int]]]]) -> list[list[torch.Tensor]]:
+        """:meth:`score_suffixes` for many ``(prefix, suffixes)`` items, several questions per
+        llama.cpp decode call (:class:`~.llamacpp_score.LlamaCppScorer`, made on first use)."""
+        if self._scorer is None:
+            self._scorer = LlamaCppScorer(self)
+        return self._scorer.score(items)
 
     def reset_cache(self) -> None:
         """Forget the previous prompt, so the next generation prefills every prompt token

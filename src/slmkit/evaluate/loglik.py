@@ -9,9 +9,11 @@ token count. The score is the summed log-probability of the continuation tokens.
 All requests of one question are scored together: the longest token prefix they
 share (the question, for most tasks) runs through the model once and each
 request's remaining tokens continue from it (``engine.score_suffixes``: KV-cache
-reuse on llama.cpp, one batch of continuations on PyTorch). ``naive=True`` runs
-each request on its own instead, which is the reference the fast path is tested
-and benchmarked against.
+reuse on llama.cpp, one batch of continuations on PyTorch). On llama.cpp several
+questions go into one decode call, each choice a KV-cache sequence of its own
+that shares its question's prefix cells (``engine.score_many``). ``naive=True``
+runs each request on its own instead, which is the reference the fast paths are
+tested and benchmarked against.
 """
 from __future__ import annotations
 
@@ -40,20 +42,18 @@ def _fit(engine, ctx: list[int], cont: list[int]) -> list[int]:
     return (ctx + cont)[-engine.context_length:]
 
 
-def score_requests(engine, requests: list[tuple[str, str]], naive: bool = False) -> list[float]:
-    """Summed log-probability of each request's continuation.
-
-    Args:
-        engine: an engine (``slmkit.engines``); ``score_suffixes`` is used when it has one.
-        requests: ``(context, continuation)`` pairs of one question.
-        naive: score each request with its own forward pass (no shared prefix).
-    """
+def _encode(engine, requests: list[tuple[str, str]]) -> tuple[list[list[int]], list[int]]:
+    """Each request's tokens (context + continuation, fitted) and continuation length."""
     pairs = [encode_pair(engine, c, x) for c, x in requests]
-    fulls = [_fit(engine, c, x) for c, x in pairs]
-    n_cont = [len(x) for _, x in pairs]
-    if naive or not hasattr(engine, "score_suffixes"):
-        return [float(token_logprobs(engine.logits(f)[-n - 1:-1], f[-n:]).sum())
-                for f, n in zip(fulls, n_cont)]
+    return [_fit(engine, c, x) for c, x in pairs], [len(x) for _, x in pairs]
+
+
+def _items(engine, requests: list[tuple[str, str]]) -> tuple[list, list[int]]:
+    """One question's requests as ``(prefix, suffixes)`` items, and their continuation
+    lengths. The requests share one item when their tokens share a prefix (the
+    question); otherwise each request is an item of its own.
+    """
+    fulls, n_cont = _encode(engine, requests)
     # shared prefix: every position before the first continuation token of any request
     p = min(len(f) - n for f, n in zip(fulls, n_cont))
     first = fulls[0]
@@ -63,6 +63,46 @@ def score_requests(engine, requests: list[tuple[str, str]], naive: bool = False)
             k += 1
         p = k
     if p == 0:
-        return score_requests(engine, requests, naive=True)
-    lps = engine.score_suffixes(first[:p], [f[p:] for f in fulls])
-    return [float(lp[-n:].sum()) for lp, n in zip(lps, n_cont)]
+        return [(f[:-n], [f[-n:]]) for f, n in zip(fulls, n_cont)], n_cont
+    return [(first[:p], [f[p:] for f in fulls])], n_cont
+
+
+def score_questions(engine, questions: list[list[tuple[str, str]]], naive: bool = False,
+                    batch: bool = True) -> list[list[float]]:
+    """Summed log-probability of each request's continuation, question by question.
+
+    Args:
+        engine: an engine (``slmkit.engines``). With ``score_many`` (llama.cpp) the
+            questions are packed several to a decode call; with ``score_suffixes``
+            each question's prompt runs once; otherwise one pass per request.
+        questions: per question, its ``(context, continuation)`` requests.
+        naive: score each request with its own forward pass (no shared prefix).
+        batch: pack several questions into one call where the engine can
+            (``False``: one question at a time, its prompt still shared).
+    """
+    if naive or not hasattr(engine, "score_suffixes"):
+        out = []
+        for requests in questions:
+            fulls, n_cont = _encode(engine, requests)
+            out.append([float(token_logprobs(engine.logits(f)[-n - 1:-1], f[-n:]).sum())
+                        for f, n in zip(fulls, n_cont)])
+        return out
+    prepared = [_items(engine, r) for r in questions]
+    flat = [item for items, _ in prepared for item in items]
+    if batch and hasattr(engine, "score_many"):
+        scored = engine.score_many(flat)
+    else:
+        scored = [engine.score_suffixes(*item) for item in flat]
+    out, at = [], 0
+    for items, n_cont in prepared:
+        mine = scored[at:at + len(items)]
+        at += len(items)
+        per_request = [lp for lps in mine for lp in lps]       # in request order
+        out.append([float(lp[-n:].sum()) for lp, n in zip(per_request, n_cont)])
+    return out
+
+
+def score_requests(engine, requests: list[tuple[str, str]], naive: bool = False) -> list[float]:
+    """Summed log-probability of each request's continuation (one question's requests;
+    see :func:`score_questions`)."""
+    return score_questions(engine, [requests], naive=naive)[0]

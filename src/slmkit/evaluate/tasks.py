@@ -47,11 +47,12 @@ from ..errors import SlmError
 from ..progress import progress_bar
 from . import task_data as data
 from .choice import read_task
-from .loglik import score_requests
+from .loglik import score_questions
 
 DELIM = " "              # lm-eval's target_delimiter
 FEWSHOT_DELIM = "\n\n"   # lm-eval's fewshot_delimiter
 SEED = 1234              # lm-eval's default fewshot_random_seed
+CHUNK = 64               # questions handed to the scorer at a time (it packs them into calls)
 
 
 @dataclass(frozen=True)
@@ -340,8 +341,14 @@ def _argmax(xs: list[float]) -> int:
 
 
 def score_task(engine, task: Task, *, limit: int | None = None, num_fewshot: int = 0,
-               seed: int = SEED, naive: bool = False, progress: bool = True) -> dict:
-    """Score one task on an open engine; see :func:`run_tasks` for the result."""
+               seed: int = SEED, naive: bool = False, batch: bool = True,
+               keep_scores: bool = False, progress: bool = True) -> dict:
+    """Score one task on an open engine; see :func:`run_tasks` for the result.
+
+    ``batch=False`` scores one question per call (its prompt still shared by its
+    choices) instead of packing :data:`CHUNK` questions at a time; ``keep_scores``
+    adds ``"scores"``: each question's choice log-likelihoods, in question order.
+    """
     t0 = time.perf_counter()
     docs = task.docs()
     pick = subset(len(docs), limit, seed)
@@ -350,19 +357,22 @@ def score_task(engine, task: Task, *, limit: int | None = None, num_fewshot: int
         for d in task.fewshot_docs():
             pools.setdefault(d.subject, []).append(d)
     rnd = random.Random(seed)
-    acc, acc_norm, by_subject = [], [], {}
+    acc, acc_norm, by_subject, scores = [], [], {}, []
+    step = CHUNK if batch else 1
     with progress_bar(task.name, total=len(pick), enabled=progress) as bar:
-        for i in pick:
-            doc = docs[i]
-            lls = score_requests(engine, doc.requests(_fewshot(task, doc, num_fewshot, pools, rnd)),
-                                 naive=naive)
-            hit = float(_argmax(lls) == doc.gold)
-            acc.append(hit)
-            by_subject.setdefault(doc.subject, []).append(hit)
-            if doc.target is None:
-                norm = [ll / max(len(c), 1) for ll, c in zip(lls, doc.choices)]
-                acc_norm.append(float(_argmax(norm) == doc.gold))
-            bar.advance()
+        for at in range(0, len(pick), step):
+            chunk = [docs[i] for i in pick[at:at + step]]
+            requests = [d.requests(_fewshot(task, d, num_fewshot, pools, rnd)) for d in chunk]
+            for doc, lls in zip(chunk, score_questions(engine, requests, naive=naive,
+                                                       batch=batch)):
+                hit = float(_argmax(lls) == doc.gold)
+                acc.append(hit)
+                scores.append(lls)
+                by_subject.setdefault(doc.subject, []).append(hit)
+                if doc.target is None:
+                    norm = [ll / max(len(c), 1) for ll, c in zip(lls, doc.choices)]
+                    acc_norm.append(float(_argmax(norm) == doc.gold))
+            bar.advance(len(chunk))
     n = len(acc)
     out = {"task": task.name, "split": task.split, "n": n, "n_total": len(docs),
            "num_fewshot": num_fewshot, "seed": seed, "limit": limit,
@@ -372,6 +382,8 @@ def score_task(engine, task: Task, *, limit: int | None = None, num_fewshot: int
            "acc_norm": sum(acc_norm) / n if acc_norm else None,
            "acc_norm_stderr": _stderr(acc_norm) if acc_norm else None,
            "metrics": list(task.metrics), "seconds": time.perf_counter() - t0}
+    if keep_scores:
+        out["scores"] = scores
     return out
 
 

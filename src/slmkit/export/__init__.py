@@ -21,6 +21,7 @@ from ..device import Device
 from ..errors import SlmError
 from ..models.gguf_meta import read_header, type_name
 from ..models.io import SLM, count_params, load
+from ..outputs import atomic_write_text, refuse_existing, temp_path
 from .gguf_file import DIRECT_TYPES, GGUF_ARCHS, gguf_arch, write_gguf
 from .hf import export_hf
 from .parity import gguf_parity, parity_ids
@@ -68,8 +69,7 @@ def run_export(model, out, cfg: ExportConfig, *, overwrite: bool = False) -> dic
         ``<name>.report.json``, or inside the HF directory).
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    refuse_existing(out, overwrite)
     slm = model if isinstance(model, SLM) else load(model)
     t0 = time.perf_counter()
     if cfg.format == "hf":
@@ -78,7 +78,7 @@ def run_export(model, out, cfg: ExportConfig, *, overwrite: bool = False) -> dic
         report = _export_gguf(slm, out, cfg)
     report["export_s"] = round(time.perf_counter() - t0, 2)
     rpath = out / "report.json" if out.is_dir() else out.with_name(out.name + ".report.json")
-    rpath.write_text(json.dumps(report, indent=2))
+    atomic_write_text(rpath, json.dumps(report, indent=2))
     report["report_path"] = str(rpath)
     return report
 
@@ -96,8 +96,7 @@ def _export_gguf(slm, out: Path, cfg: ExportConfig) -> dict:
     if out.suffix != ".gguf":
         raise SlmError(f"GGUF output {out} should end in .gguf", "name the file model.gguf")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp2 = out.with_name(f".{out.name}.f32-{os.getpid()}")
+    tmp, tmp2 = temp_path(out), temp_path(out, "f32")
     try:
         if cfg.type in DIRECT_TYPES:
             info = write_gguf(slm, tmp, cfg.type, _source_gguf(slm))

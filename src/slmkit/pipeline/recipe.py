@@ -5,7 +5,7 @@
     data: python-docs
     general_data: wordnet-glosses
     steps:
-      - {step: finetune, method: lora, max_steps: 60}
+      - {step: finetune, method: lora, max_tokens: 60000}
       - {step: prune, method: depth, target: 0.6}
       - {step: distill, teacher: finetune}
       - {step: export, type: q4_k_m}
@@ -33,7 +33,7 @@ from ..models.catalog import CATALOG
 from ..models.io import builtin_available, hub_cached
 from ..models.preflight import check_model
 from . import sizing
-from .steps import FROM_RECIPE, STEP_DEFAULTS, STEPS
+from .steps import SHARED, STEPS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 RESERVED = ("step", "name", "input", "stages")   # step keys that are not config options
@@ -245,9 +245,10 @@ def _split_step(item, i: int, loc: Located) -> dict:
         if key in item and not isinstance(item[key], str):
             raise loc.error(("steps", i, key), "must be a string")
     stages = item.get("stages")
-    if stages is not None and (kind != "eval" or not isinstance(stages, list)):
-        raise loc.error(("steps", i, "stages"), "only an eval step takes `stages:`, a list of "
-                        "step names (and 'base')")
+    if stages is not None and (not STEPS[kind].compares or not isinstance(stages, list)):
+        takers = " or ".join(k for k, v in STEPS.items() if v.compares)
+        raise loc.error(("steps", i, "stages"), f"only a {takers} step takes `stages:`, a list "
+                        "of step names (and 'base')")
     return {"step": kind, "name": item.get("name"), "input": item.get("input"), "stages": stages,
             "options": {k: v for k, v in item.items() if k not in RESERVED}}
 
@@ -303,7 +304,7 @@ def input_of(recipe: Recipe, i: int) -> str:
     if step.input:
         return step.input
     for prev in reversed(recipe.steps[:i]):
-        if prev.kind.makes == "model":
+        if prev.kind.makes_model:
             return prev.name
     return "base"
 
@@ -322,7 +323,7 @@ def check_order(recipe: Recipe, loc: Located) -> None:
             raise loc.error(where, f"'{src}' writes a LoRA adapter only, which '{step.step}' "
                             "cannot read", f"set `merge: true` on step '{src}'")
         _check_input_kind(step, src, made[src], loc, where)
-        if step.step == "distill":
+        if step.kind.teacher:
             _check_teacher(recipe, i, made, loc)
         for j, name in enumerate(step.stages or []):
             if name not in made:
@@ -333,14 +334,7 @@ def check_order(recipe: Recipe, loc: Located) -> None:
 
 
 def _output_kind(step: Step) -> str:
-    if step.step == "quantize":
-        return "quantized"
-    if step.kind.makes == "gguf":
-        return "gguf"
-    if step.step == "finetune" and step.options.get("merge") is False \
-            and step.options.get("method", "lora") != "full":
-        return "adapter"
-    return "hf"
+    return step.kind.output_kind(step.options)
 
 
 def _check_input_kind(step: Step, src: str, src_kind: str, loc: Located, where) -> None:
@@ -354,45 +348,54 @@ def _check_input_kind(step: Step, src: str, src_kind: str, loc: Located, where) 
 
 
 def _check_teacher(recipe: Recipe, i: int, made: dict, loc: Located) -> None:
-    teacher = recipe.steps[i].options.get("teacher")
-    path = ("steps", i, "teacher")
+    step = recipe.steps[i]
+    field = step.kind.teacher
+    teacher = step.options.get(field)
+    path = ("steps", i, field)
     if teacher is None:
-        raise loc.error(("steps", i, "step"), "distill needs a teacher",
-                        "add `teacher: base` or the name of an earlier step, e.g. "
-                        "`teacher: finetune`")
+        raise loc.error(("steps", i, "step"), f"{step.step} needs a {field}",
+                        f"add `{field}: base` or the name of an earlier step")
     if not isinstance(teacher, str):
-        raise loc.error(path, "teacher must be a step name or 'base'")
+        raise loc.error(path, f"{field} must be a step name or 'base'")
     if teacher not in made:
         later = teacher in {s.name for s in recipe.steps}
-        raise loc.error(path, f"teacher '{teacher}' is "
+        raise loc.error(path, f"{field} '{teacher}' is "
                         f"{'a later step' if later else 'not an earlier step'}",
                         f"use 'base' or an earlier step: {', '.join(made)}")
     if made[teacher] != "hf":
-        raise loc.error(path, f"teacher '{teacher}' is not a trainable HF model",
-                        "use 'base' or a finetune/prune/distill step")
+        trainable = "/".join(k for k, v in STEPS.items() if v.makes == "hf")
+        raise loc.error(path, f"{field} '{teacher}' is not a trainable HF model",
+                        f"use 'base' or a {trainable} step")
+
+
+def filled_from(recipe: Recipe, i: int, field: str) -> str | None:
+    """The recipe field that gives step ``i``'s ``field`` its value when the step does not
+    set it (see :attr:`StepKind.data <slmkit.pipeline.steps.StepKind>`), or None."""
+    step = recipe.steps[i]
+    if field in step.options:
+        return None
+    attrs = step.kind.data.get(field, (field,) if field in SHARED else ())
+    return next((a for a in attrs if getattr(recipe, a) is not None), None)
 
 
 def resolved_options(recipe: Recipe, i: int, teacher_spec: str | None = None) -> dict:
     """Step ``i``'s options with the recipe-wide values the step did not set."""
     step = recipe.steps[i]
-    fields = step.kind.config_class().model_fields
+    kind = step.kind
+    fields = kind.config_class().model_fields
     opts = dict(step.options)
-    for k, v in STEP_DEFAULTS.get(step.step, {}).items():
-        if k in fields:
-            opts.setdefault(k, v)
-    for field_name, attr in FROM_RECIPE.items():
-        if field_name in fields and field_name not in opts and getattr(recipe, attr) is not None:
-            opts[field_name] = getattr(recipe, attr)
-    if recipe.eval_data:
-        if step.step == "eval" and "data" not in step.options:
-            opts["data"] = recipe.eval_data
-            opts.setdefault("split", "all")
-        elif "eval_data" in fields and "eval_data" not in step.options:
-            opts["eval_data"] = recipe.eval_data
-    if "resume" in fields and "resume" not in opts:
-        opts["resume"] = True
-    if "teacher" in opts and teacher_spec is not None:
-        opts["teacher"] = teacher_spec
+    for k, v in kind.defaults.items():
+        opts.setdefault(k, v)
+    for name in [*kind.data, *SHARED]:
+        attr = filled_from(recipe, i, name) if name in fields else None
+        if attr is not None:
+            opts[name] = getattr(recipe, attr)
+            if kind.compares and attr == "eval_data":   # held-out text: score all of it
+                opts.setdefault("split", "all")
+    if kind.trains:
+        opts.setdefault("resume", True)
+    if kind.teacher in opts and teacher_spec is not None:
+        opts[kind.teacher] = teacher_spec
     return opts
 
 
@@ -412,14 +415,15 @@ def validate_options(recipe: Recipe, i: int, loc: Located):
     try:
         return cls(**opts)
     except ValidationError as exc:
-        errs = [e for e in exc.errors() if not (e["loc"] and e["loc"][0] == "teacher")]
+        errs = [e for e in exc.errors() if not (e["loc"] and e["loc"][0] == step.kind.teacher)]
         if not errs:
             return None
         err = errs[0]
         blamed, msg = error_text(err, lambda f: f)
         field = tuple(blamed.split(".")) if blamed else ()
-        if field and field[0] not in step.options and field[0] in FROM_RECIPE:
-            raise loc.error((FROM_RECIPE[field[0]],), f"{msg} (step '{step.name}' reads it as "
+        source = filled_from(recipe, i, field[0]) if field else None
+        if source is not None:
+            raise loc.error((source,), f"{msg} (step '{step.name}' reads it as "
                             f"'{field[0]}')", "fix the value in the recipe") from exc
         if err["type"] == "extra_forbidden":
             allowed = list(cls.model_fields)
@@ -462,7 +466,6 @@ def check_paths(recipe: Recipe, loc: Located) -> None:
                 if missing:
                     raise loc.error(("steps", i, k), f"task '{missing[0]}' not found",
                                     f"use a JSONL file or one of: {', '.join(TASKS)}")
-            elif k in ("data", "calib", "calib_data", "general_data") and isinstance(v, str) \
-                    and not data_exists(v):
+            elif k in step.kind.data and isinstance(v, str) and not data_exists(v):
                 raise loc.error(("steps", i, k), f"'{v}' not found",
                                 "fix the path (relative to where you run `slm build`)")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from ..engines import open_engine, stream_text
 from ..evaluate.compare import change_text, kept_lost, value_text
+from ..outputs import atomic_write_text
+from .steps import STEPS
 
 SAMPLES_FILE = "samples.json"
 METRICS = [("params", "params"), ("bytes", "bytes"), ("ppl", "ppl domain"),
@@ -25,7 +27,7 @@ METRICS = [("params", "params"), ("bytes", "bytes"), ("ppl", "ppl domain"),
 
 def stage_rows(build) -> list[dict]:
     """One row per evaluated stage (from the last eval step), in build order."""
-    evals = [r for r in build.results.values() if r.step == "eval"]
+    evals = [r for r in build.results.values() if r.step in STEPS and STEPS[r.step].compares]
     rows = list(evals[-1].report.get("models", [])) if evals else []
     seconds = {r.name: r.seconds for r in build.results.values()}
     for row in rows:
@@ -129,16 +131,10 @@ def write_report(build, seconds: float) -> dict:
         "samples": samples(build, final) if build.recipe.prompts else [],
         "commands": commands(final),
     }
-    _atomic_write(build.out / "report.json", json.dumps(report, indent=2, default=str))
-    _atomic_write(build.out / "report.html", render_html(report))
+    atomic_write_text(build.out / "report.json", json.dumps(report, indent=2, default=str))
+    atomic_write_text(build.out / "report.html", render_html(report))
     print_summary(report, build.console)
     return report
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------- terminal

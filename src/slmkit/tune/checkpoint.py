@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import SlmError
 from ..outputs import clean_stale_in, disk_full, remove, temp_path
 from .config import TrainConfig
-from .distributed import is_main
+from .distributed import is_main, note
 from .state import RunProgress, TrainState
 
 CKPT_DIR = "checkpoints"
@@ -44,13 +44,16 @@ def _rng_state() -> dict:
     return {"torch": torch.get_rng_state()}
 
 
-def save_checkpoint(work_dir: Path, params, optim, state: dict, rngs: list) -> Path | None:
+def save_checkpoint(work_dir: Path, params, optim, state: dict, rngs: list,
+                    eval_state: dict | None = None) -> Path | None:
     """Write one checkpoint atomically (temp dir + rename) from rank 0; keep the newest few.
 
     Args:
         params: full trainable tensors by name, or a function returning them.
         optim: the optimizer's ``state_dict()`` (torch's layout, parameters by index), or
             a function returning it.
+        eval_state: what the eval function keeps between calls (its ``state_dict()``:
+            tensors and numbers), restored on resume.
 
     Functions are called one after the other on every rank that calls this (under FSDP
     they gather the shards, so rank 0 holds only one of the two in full at a time); only
@@ -66,7 +69,7 @@ def save_checkpoint(work_dir: Path, params, optim, state: dict, rngs: list) -> P
         remove(tmp)
         tmp.mkdir()
     try:
-        _write_checkpoint(tmp, main, params, optim, state, rngs)
+        _write_checkpoint(tmp, main, params, optim, state, rngs, eval_state)
     except OSError as exc:
         remove(tmp)
         if not disk_full(exc):
@@ -86,14 +89,16 @@ def save_checkpoint(work_dir: Path, params, optim, state: dict, rngs: list) -> P
     return final
 
 
-def _write_checkpoint(tmp: Path, main: bool, params, optim, state: dict, rngs: list) -> None:
+def _write_checkpoint(tmp: Path, main: bool, params, optim, state: dict, rngs: list,
+                      eval_state: dict | None = None) -> None:
     """The checkpoint's files into ``tmp`` (rank 0 writes; every rank gathers)."""
     tensors = params() if callable(params) else params
     if main:
         save_file({n: p.detach().contiguous() for n, p in tensors.items()},
                   str(tmp / "params.safetensors"))
     del tensors
-    blob = {"optimizer": optim() if callable(optim) else optim, "rng": rngs}
+    blob = {"optimizer": optim() if callable(optim) else optim, "rng": rngs,
+            "eval_state": eval_state or {}}
     if not main:
         return
     torch.save(blob, tmp / "trainer.pt")
@@ -104,7 +109,8 @@ def _write_checkpoint(tmp: Path, main: bool, params, optim, state: dict, rngs: l
 def load_checkpoint(path: Path, params: dict, opt, cfg: TrainConfig, rank: int,
                     sharded=None) -> dict:
     """Restore parameters, optimizer and RNG from ``path`` (into this rank's shards when
-    ``sharded``, a :class:`slmkit.tune.fsdp.Sharded`); returns its state dict."""
+    ``sharded``, a :class:`slmkit.tune.fsdp.Sharded`); returns its state dict (with the
+    eval function's saved state under ``eval_state``)."""
     state = json.loads((path / "state.json").read_text())
     if state.get("curve_fingerprint") != cfg.curve_fingerprint():
         raise SlmError(f"checkpoint {path} was made with other training settings "
@@ -129,6 +135,7 @@ def load_checkpoint(path: Path, params: dict, opt, cfg: TrainConfig, rank: int,
     rngs = blob["rng"]
     torch.set_rng_state(rngs[min(rank, len(rngs) - 1)]["torch"])
     random.setstate(_py_rng_from_json(state["py_rng"]))
+    state["eval_state"] = blob.get("eval_state") or {}
     return state
 
 
@@ -149,11 +156,13 @@ def checkpoint_run(st: TrainState) -> None:
              "time_s": run.time_s, "loss_curve": run.loss_curve, "eval_curve": run.eval_curve,
              "py_rng": list(random.getstate()), "curve_fingerprint": st.cfg.curve_fingerprint(),
              "config": st.cfg.model_dump(mode="json"), "world_size": st.world}
+    # what the eval function keeps between calls (early stopping's best weights)
+    kept = st.eval_fn.state_dict() if is_main() and hasattr(st.eval_fn, "state_dict") else None
     if st.sharded is not None:               # every rank helps gather the full tensors
         save_checkpoint(st.work_dir, partial(st.sharded.full_trainable, list(st.params)),
-                        partial(st.sharded.full_optimizer, st.opt), state, rngs)
+                        partial(st.sharded.full_optimizer, st.opt), state, rngs, kept)
     elif is_main():
-        save_checkpoint(st.work_dir, st.params, st.opt.state_dict(), state, rngs)
+        save_checkpoint(st.work_dir, st.params, st.opt.state_dict(), state, rngs, kept)
 
 
 def resume_run(st: TrainState) -> int | None:
@@ -164,4 +173,7 @@ def resume_run(st: TrainState) -> int | None:
     state = load_checkpoint(ckpts[-1], st.params, st.opt, st.cfg, st.rank, st.sharded)
     for k in RunProgress.FIELDS:
         setattr(st.run, k, state[k])
+    if state["eval_state"] and hasattr(st.eval_fn, "load_state_dict"):
+        st.eval_fn.load_state_dict(state["eval_state"])
+    note(f"resuming from step {st.run.step} of {st.cfg.max_steps} (checkpoint {ckpts[-1]})")
     return st.run.step

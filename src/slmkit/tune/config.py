@@ -37,7 +37,6 @@ class TrainSettings(BaseModel):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay on matrices (not norms/biases)")
-    adam_betas: tuple[float, float] = (0.9, 0.95)
     batch_size: int = Field(4, ge=1, description="sequences per micro-batch (used by batch builders)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step and rank")
     max_grad_norm: float = Field(1.0, ge=0, description="clip total grad norm; 0 = off")
@@ -74,6 +73,7 @@ class TrainConfig(TrainSettings):
     """Settings of one training run (optimizer, schedule, batching, checkpoints)."""
 
     max_steps: int = Field(100, ge=1, description="optimizer steps")
+    adam_betas: tuple[float, float] = (0.9, 0.95)
     parallel: Literal["ddp", "fsdp"] = Field("ddp", description=PARALLEL_HELP)
 
     def curve_fingerprint(self) -> str:

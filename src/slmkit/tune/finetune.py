@@ -36,9 +36,9 @@ from pydantic import Field, field_validator
 from ..data import load_split, read_records, split
 from ..data.batches import Batches
 from ..data.sft import IGNORE, Packed, encode_records, pack_examples
-from ..errors import SlmError
 from ..evaluate.memory import peak_rss
 from ..evaluate.perplexity import model_engine, perplexity, record_ids, step_window
+from ..outputs import refuse_existing
 from ..models.io import SLM, dir_bytes, load, replace_dir, save
 from . import adapters
 from .config import TrainConfig, TrainSettings
@@ -188,6 +188,14 @@ class EarlyStopper:
         stop = bool(self.cfg.patience) and self.bad >= self.cfg.patience
         return {"val_loss": loss, "val_ppl": r["ppl"], "stop": float(stop)}
 
+    def state_dict(self) -> dict:
+        """What it keeps between evals (the loop's checkpoints carry it over a resume)."""
+        return {"best": self.best, "bad": self.bad, "best_state": self.best_state or {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad = float(state["best"]), int(state["bad"])
+        self.best_state = dict(state["best_state"]) or None
+
     def restore_best(self) -> bool:
         """Put the best weights back; True if they differ from the current ones."""
         if self.best_state is None:
@@ -230,8 +238,7 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
         the report dict (also written to ``out/report.json``).
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    refuse_existing(out, overwrite)
     t0 = time.time()
     _, world = dist_setup()
     slm = _load(model)
@@ -240,6 +247,7 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
     train_data, val_recs, info = prepare_data(cfg, slm.tokenizer)
     batches = Batches(train_data.columns(), cfg.batch_size)
     steps = plan_steps(cfg, len(batches), world)
+    torch.manual_seed(cfg.seed)              # the adapters' initial weights (LoRA A, DoRA)
     net = adapters.setup_model(slm.model, cfg.method, rank=cfg.rank, alpha=cfg.alpha,
                                dropout=cfg.dropout, targets=cfg.targets,
                                quant_format=cfg.quant_format, quant_group=cfg.quant_group)

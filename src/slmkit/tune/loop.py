@@ -250,7 +250,9 @@ def train(model: nn.Module, batches, loss_fn: LossFn, cfg: TrainConfig, work_dir
         work_dir: checkpoints go to ``work_dir/checkpoints``.
         eval_fn: ``eval_fn() -> {name: float}`` run (rank 0, no_grad, eval mode) every
             ``cfg.eval_every`` steps and at the end; a truthy ``stop`` in its result
-            ends training after that eval (early stopping).
+            ends training after that eval (early stopping). If it has ``state_dict()`` and
+            ``load_state_dict()``, what it keeps between calls goes into the checkpoints
+            and comes back on resume.
         resume: continue from the newest checkpoint in ``work_dir`` if there is one.
         progress: show a progress bar (rank 0 only).
 
@@ -288,8 +290,9 @@ def _train(st: TrainState, batches, resume: bool, progress: bool) -> TrainReport
     if resumed is None and cfg.eval_at_start:
         _evaluate(st)
     seg_tokens, seg_time = 0, 0.0
+    stopped = resumed is not None and _stop_requested(st)        # it had stopped early
     with _progress(progress and is_main(), cfg.max_steps, run.step) as bar:
-        while run.step < cfg.max_steps:
+        while run.step < cfg.max_steps and not stopped:
             t0, tok0 = time.perf_counter(), run.tokens
             row = _optimizer_step(st, batches)
             dt = time.perf_counter() - t0

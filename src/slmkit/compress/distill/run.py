@@ -16,6 +16,7 @@ from ...data import load_split
 from ...data.batches import Batches
 from ...errors import SlmError
 from ...evaluate.perplexity import engine_tokens, model_engine, perplexity, step_window
+from ...outputs import refuse_existing
 from ...models.io import SLM, count_params, dir_bytes, load, replace_dir, save
 from ...tune.distributed import barrier, dist_setup, is_main
 from ...tune.loop import train
@@ -90,8 +91,7 @@ def val_ppl(model: nn.Module, tokenizer, ids: list[int], cfg: DistillConfig) -> 
 # ---------------------------------------------------------------- run
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
+    refuse_existing(out, overwrite)
 
 
 def run_distill(student, out, cfg: DistillConfig, *, overwrite: bool = False,

@@ -39,13 +39,22 @@ def _check_override(base: dict, defaults: dict, key: str, value, option: str) ->
                        f"'{key}'", "e.g. num_hidden_layers, hidden_size, "
                        "intermediate_size, num_attention_heads")
     old = defaults[key]
-    if isinstance(old, (int, float)) and not isinstance(old, bool) and (
-            isinstance(value, bool) or not isinstance(value, (int, float))
-            or (isinstance(old, int) and not isinstance(value, int))):
+    if not _same_type(old, value):
         raise SlmError(f"{option} {key}={value!r}: expected {type(old).__name__}, like the "
-                       f"default {old}", f"e.g. {option} {key}={old}")
+                       f"default {json.dumps(old)}", f"e.g. {option} {key}={json.dumps(old)}")
     if isinstance(old, (int, float)) and not isinstance(old, bool) and value <= 0:
         raise SlmError(f"{option} {key}={value}: must be positive")
+
+
+def _same_type(old, value) -> bool:
+    """Whether ``value`` may replace the config value ``old`` (an int where a float is)."""
+    if old is None or isinstance(old, dict):
+        return True
+    if isinstance(old, bool) or isinstance(value, bool):
+        return isinstance(old, bool) and isinstance(value, bool)
+    if isinstance(old, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(old))
 
 
 def student_config(config: str | dict | Path, overrides: dict | None = None,

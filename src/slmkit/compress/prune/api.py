@@ -1,10 +1,8 @@
 """``PruneConfig`` and ``run_prune``: the prune step as the CLI and recipes call it."""
 from __future__ import annotations
 
-import copy
 import json
 import os
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -18,7 +16,9 @@ from ...data import load_split, record_text
 from ...device import Device, model_device
 from ...errors import OptionError, SlmError, spell
 from ...models.arch import decoder_layers, linear_layers
-from ...models.io import SLM, _unique, count_params, dir_bytes, load, replace_dir, save
+from ...models.io import SLM, _unique, count_params, dir_bytes
+from ...outputs import refuse_existing
+from ...step import open_input, write_outputs
 from . import depth, magnitude, sparsegpt, vocab, wanda, width
 from .calib import calib_blocks, check_calib
 from .layerwise import layer_sparsity, prune_each, prune_layerwise
@@ -233,14 +233,6 @@ def check_feasible(slm: SLM, cfg: PruneConfig) -> None:
                            "tokens every text needs", f"give at least {least}")
 
 
-def _open(model, device: str) -> SLM:
-    """A private copy: the caller's SLM is not modified."""
-    if isinstance(model, SLM):
-        return SLM(copy.deepcopy(model.model), model.tokenizer, model.spec, dict(model.meta),
-                   model.path)
-    return load(model, device=device)
-
-
 def _bytes_before(slm: SLM) -> int:
     if slm.path is not None and Path(slm.path).is_dir():
         return dir_bytes(slm.path)
@@ -297,9 +289,8 @@ def run_prune(model, out: str | os.PathLike, cfg: PruneConfig,
     """
     t_start = time.perf_counter()
     out = Path(out)
-    if out.exists() and not cfg.overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
-    slm = _open(model, cfg.device)
+    refuse_existing(out, cfg.overwrite)
+    slm = open_input(model, cfg.device)
     torch_model = slm.model.eval()
     check_pattern_fits(torch_model, cfg.nm)
     params_before = count_params(torch_model)
@@ -368,20 +359,11 @@ def _run_vocab(slm: SLM, out: Path, cfg: PruneConfig, t_start: float) -> dict:
 
 def _write(slm: SLM, out: Path, cfg: PruneConfig, report: dict, t_start: float,
            extra: dict[str, str] | None = None) -> None:
-    """Save model + report.json (+ ``extra`` files) into a temporary directory, then rename
-    it to ``out``."""
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        save(slm, tmp, step={"step": "prune", "config": cfg.model_dump(),
-                             "report": {k: v for k, v in report.items()
-                                        if k not in ("layer_sparsity", "config")}})
+    """Model, report.json and ``extra`` files into ``out``, atomically."""
+    def sizes(tmp: Path) -> None:
         report["bytes_after"] = dir_bytes(tmp)
         report["total_time_s"] = time.perf_counter() - t_start
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str))
-        for name, text in (extra or {}).items():
-            (tmp / name).write_text(text)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_outputs(slm, out, step="prune", config=cfg.model_dump(), report=report,
+                  history={k: v for k, v in report.items()
+                           if k not in ("layer_sparsity", "config")},
+                  overwrite=cfg.overwrite, files=extra, before_report=sizes)

@@ -6,7 +6,6 @@ memory, perplexity and decode speed against the unquantized model.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -20,9 +19,11 @@ from ...engines import GenStats, open_engine
 from ...errors import SlmError
 from ...evaluate.memory import peak_rss
 from ...evaluate.perplexity import engine_tokens, model_engine, perplexity, step_window
-from ...models.io import SLM, count_params, dir_bytes, load, save, tensor_bytes as model_bytes
+from ...models.io import count_params, dir_bytes, tensor_bytes as model_bytes
 from ...models.packed import (FORMATS, QUANT_KEY, QuantLinear, dequantize_model, get_format,
                               load_quantized, quant_linears)
+from ...outputs import refuse_existing
+from ...step import open_input, write_outputs
 from . import gptq, rtn
 
 
@@ -83,7 +84,7 @@ def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
     """Quantize ``model`` and save it to ``out`` (a directory), with ``report.json``.
 
     Args:
-        model: a spec ``slmkit.load`` accepts, or an ``SLM``.
+        model: a spec ``slmkit.load`` accepts, or an ``SLM`` (copied, not modified).
         out: target directory (complete or absent).
         cfg: the options.
         overwrite: replace an existing ``out``.
@@ -93,9 +94,8 @@ def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
         the report dict (also written to ``out/report.json``).
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise SlmError(f"{out} already exists", "choose another --out or pass --force")
-    slm = model if isinstance(model, SLM) else load(model, device=cfg.device)
+    refuse_existing(out, overwrite)
+    slm = open_input(model, cfg.device)                 # the caller's model stays as it is
     if quant_linears(slm.model):
         raise SlmError(f"{slm.spec} is already quantized", "quantize the unquantized model")
     t0 = time.perf_counter()
@@ -115,11 +115,13 @@ def run_quantize(model, out, cfg: QuantizeConfig, *, overwrite: bool = False,
     if held is not None:
         report["ppl_text"] = _ppl_text(cfg, held)
         report["ppl_increase_pct"] = round(100 * (report["after"]["ppl"] / before["ppl"] - 1), 3)
-    step = {"step": "quantize", "config": cfg.model_dump(), "report": report}
-    save(slm, out, step=step, overwrite=overwrite)
-    report["bytes_on_disk"] = dir_bytes(out)
-    report["source_bytes_on_disk"] = _source_bytes(slm, before)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    history = dict(report)
+
+    def sizes(tmp: Path) -> None:
+        report["bytes_on_disk"] = dir_bytes(tmp)
+        report["source_bytes_on_disk"] = _source_bytes(slm, before)
+    write_outputs(slm, out, step="quantize", config=cfg.model_dump(), report=report,
+                  history=history, overwrite=overwrite, before_report=sizes)
     return report
 
 
