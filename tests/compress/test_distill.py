@@ -219,7 +219,7 @@ def test_default_layer_pairs():
 
 
 def test_interrupted_run_resumes_to_same_curve(files, tmp_path, monkeypatch):
-    import slmkit.compress.distill as d
+    import slmkit.compress.distill.run as d
     cfg = _cfg(files, tokens=1024, ckpt_every=3, w_ce=0.2)
     full = run_distill(str(files / "student"), tmp_path / "full", cfg, progress=False)
     real = d.make_loss_fn
@@ -302,12 +302,12 @@ def test_cross_blocks_align_positions_that_end_on_the_same_character():
 
 
 def test_cross_tokenizer_kd_is_zero_for_the_same_model_and_tokenizer(files):
-    from slmkit.compress.distill import DistillBatches, cross_blocks
+    from slmkit.compress.distill import cross_blocks, distill_batches
     from slmkit.data import load_split
     t = load(str(files / "teacher"))
     blocks, cross = cross_blocks(load_split(str(files / "data.txt"), "train"), t.tokenizer,
                                  t.tokenizer, 32)
-    batch = DistillBatches(blocks, 4, cross=cross)[0]
+    batch = distill_batches(blocks, 4, cross=cross)[0]
     module = DistillModule(copy.deepcopy(t.model), [], 64, 64)
     cfg = _cfg(files, cross_tokenizer=True)
     loss, m = make_loss_fn(cfg, Teacher(t.model))(module, batch)

@@ -11,7 +11,7 @@ import torch
 
 from slmkit.errors import SlmError
 from slmkit.outputs import atomic_write_text, clean_stale, temp_path
-from slmkit.tune.loop import checkpoint_dirs, save_checkpoint
+from slmkit.tune.checkpoint import checkpoint_dirs, save_checkpoint
 
 
 def _state(step: int) -> dict:
@@ -33,7 +33,7 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     first = _save(tmp_path, 1, params)
     before = _hashes(first)
 
-    import safetensors.torch as st
+    import slmkit.tune.checkpoint as st
 
     def full(tensors, filename, *a, **k):           # writes a little, then the disk is full
         with open(filename, "wb") as f:
@@ -51,7 +51,7 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_other_write_errors_are_not_called_disk_full(tmp_path, monkeypatch):
-    import safetensors.torch as st
+    import slmkit.tune.checkpoint as st
 
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")

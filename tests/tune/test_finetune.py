@@ -214,12 +214,12 @@ def test_bad_inputs(tmp_path):
 
 
 def test_loop_stops_when_eval_asks(tmp_path):
+    from slmkit.data.batches import Batches
     from slmkit.tune.loop import TrainConfig, train
-    from slmkit.tune.finetune import PackedBatches
     slm = tiny_slm("llama")
     model = adapters.setup_model(slm.model, "lora", rank=4)
     ex = encode_record({"text": "def f(x):\n    return x + 1\n" * 20}, slm.tokenizer)
-    batches = PackedBatches(pack_examples([ex] * 8, 32), 2)
+    batches = Batches(pack_examples([ex] * 8, 32).columns(), 2)
     calls = []
 
     def eval_fn():

@@ -10,7 +10,8 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.models.tiny import tiny_slm
 from slmkit.tune.losses import causal_lm_loss
-from slmkit.tune.loop import TrainConfig, checkpoint_dirs, train
+from slmkit.tune.checkpoint import checkpoint_dirs
+from slmkit.tune.loop import TrainConfig, train
 from train_helpers import crash_at, free_port, one_thread, packed_batches  # noqa: F401
 
 

@@ -201,7 +201,7 @@ def test_frozen_weights_in_bf16_give_the_same_autocast_numbers_and_come_back():
     """LoRA's frozen base held in bf16: the same logits under bf16 autocast as casting on
     every matmul, trainable weights untouched, and the fp32 tensors back afterwards."""
     from slmkit.tune.adapters import setup_model
-    from slmkit.tune.loop import frozen_weights_in_bf16
+    from slmkit.tune.speedups import frozen_weights_in_bf16
     net = setup_model(tiny_slm("llama").model, "lora", rank=4, alpha=8)
     ids = torch.randint(3, 512, (2, 16), generator=torch.Generator().manual_seed(0))
     frozen = {n: p.detach().clone() for n, p in net.named_parameters()
@@ -225,7 +225,7 @@ def test_whole_frozen_base_in_bf16_trains_close_to_fp32_hidden_states():
     hidden states run in bf16; the logits stay within bf16 rounding of the fp32-hidden
     ones, the LoRA gradients point the same way, and all fp32 tensors come back."""
     from slmkit.tune.adapters import setup_model
-    from slmkit.tune.loop import frozen_weights_in_bf16
+    from slmkit.tune.speedups import frozen_weights_in_bf16
     net = setup_model(tiny_slm("llama").model, "lora", rank=4, alpha=8, dropout=0.0)
     for n, p in net.named_parameters():            # a non-zero adapter, so B gets gradients
         if "lora_B" in n:

@@ -8,7 +8,8 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.models.tiny import tiny_slm
 from slmkit.tune.losses import causal_lm_loss
-from slmkit.tune.loop import TrainConfig, batch_index, checkpoint_dirs, train
+from slmkit.tune.checkpoint import checkpoint_dirs
+from slmkit.tune.loop import TrainConfig, batch_index, train
 from slmkit.tune.schedule import lr_factor
 from train_helpers import crash_at, free_port, one_thread, packed_batches  # noqa: F401
 
@@ -84,7 +85,8 @@ def test_grad_checkpointing_keeps_the_curve(tmp_path):
 def test_compiled_layers_keep_the_curve_and_are_undone(tmp_path):
     """torch.compile of the decoder layers: same losses as eager, eval runs eager, and
     the model is plain again afterwards (saving, merging and inference see no wrapper)."""
-    from slmkit.tune.loop import all_decoder_layers, should_compile
+    from slmkit.models.arch import all_decoder_layers
+    from slmkit.tune.speedups import should_compile
     cfg = dict(max_steps=3, bf16=False, shuffle=False)
     a = train(tiny_slm("llama").model, packed_batches(), causal_lm_loss, _cfg(**cfg),
               tmp_path / "a", progress=False)

@@ -5,7 +5,7 @@ import socket
 import pytest
 import torch
 
-from slmkit.tune.loop import BlockBatches
+from slmkit.data.batches import Batches
 
 
 @pytest.fixture(autouse=True)
@@ -13,11 +13,11 @@ def one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")     # tiny models: threads only add overhead
 
 
-def packed_batches(n_blocks=16, block=32, batch_size=2, seed=0) -> BlockBatches:
+def packed_batches(n_blocks=16, block=32, batch_size=2, seed=0) -> Batches:
     """A learnable pattern: a few random sequences repeated."""
     g = torch.Generator().manual_seed(seed)
     base = torch.randint(3, 512, (4, block), generator=g)
-    return BlockBatches(base[torch.arange(n_blocks) % 4], batch_size)
+    return Batches({"input_ids": base[torch.arange(n_blocks) % 4]}, batch_size)
 
 
 def crash_at(call: int, loss_fn):

@@ -132,9 +132,13 @@ class Packed:
     def n_loss_tokens(self) -> int:
         return int((self.labels != IGNORE).sum())
 
+    def columns(self) -> dict[str, torch.Tensor]:
+        """The blocks as the columns of :class:`slmkit.data.batches.Batches`."""
+        return {"input_ids": self.input_ids, "labels": self.labels,
+                "position_ids": self.position_ids}
+
     def batch(self, rows) -> dict:
-        return {"input_ids": self.input_ids[rows], "labels": self.labels[rows],
-                "position_ids": self.position_ids[rows]}
+        return {k: v[rows] for k, v in self.columns().items()}
 
 
 def _to_tensors(rows: list[tuple[list[int], list[int], list[int]]], seq_len: int,

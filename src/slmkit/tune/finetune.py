@@ -30,30 +30,30 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from ..data import load_split, read_records, split
+from ..data.batches import Batches
 from ..data.sft import IGNORE, Packed, encode_records, pack_examples
-from ..device import Device
-from ..errors import SlmError
 from ..evaluate.memory import peak_rss
 from ..evaluate.perplexity import model_engine, perplexity, record_ids, step_window
 from ..models.io import SLM, dir_bytes, load
 from ..outputs import refuse_existing
 from ..step import write_outputs
 from . import adapters
-from .loop import TrainConfig, dist_setup, is_main, train
+from .config import TrainConfig, TrainSettings
+from .distributed import barrier, dist_setup, is_main
+from .loop import train
 from .losses import backbone_and_head, chunked_head_loss, fused_ce_kl, shift_labels
 
 DEFAULT_LR = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 3e-5}
 
 
-class FinetuneConfig(BaseModel):
-    """Options of ``slm finetune`` and of a ``finetune`` recipe step."""
+class FinetuneConfig(TrainSettings):
+    """Options of ``slm finetune`` and of a ``finetune`` recipe step: the training loop's
+    settings (:class:`slmkit.tune.config.TrainSettings`: batch_size, schedule, bf16_base,
+    ...), three of them with defaults of their own, and what fine-tuning adds."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    device: Device = "auto"                # where PyTorch runs (slmkit.device)
     data: str = Field(..., description="file, directory or built-in corpus")
     method: Literal["lora", "dora", "qlora", "full"] = "lora"
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank r")
@@ -67,27 +67,19 @@ class FinetuneConfig(BaseModel):
     epochs: float = Field(1.0, gt=0, description="passes over the training data")
     max_tokens: int | None = Field(None, ge=1, description="token budget (overrides epochs)")
     seq_len: int = Field(512, ge=8, description="tokens per packed block")
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    warmup_steps: int = Field(10, ge=0)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
     val_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of the records")
     val_data: str | None = Field(None, description="validate on the val split of this data "
                                  "instead (then all of `data` trains)")
     max_val_blocks: int = Field(32, ge=1, description="validation tokens scored, in blocks "
                                 "of seq_len")
     eval_every: int = Field(0, ge=0, description="steps between val evals; 0 = about 8 per run")
+    ckpt_every: int | None = Field(None, ge=0, description="steps between checkpoints; "
+                                   "None = every max(eval_every, 25) steps")
     patience: int = Field(3, ge=0, description="evals without improvement before stopping; 0=off")
     merge: bool = Field(False, description="also write the merged standalone model")
-    compile: bool | None = Field(None, description="torch.compile the decoder layers; "
-                                 "None = for runs long enough to repay it")
     chunk_tokens: int = Field(1024, ge=16, description="tokens per output-head chunk in the loss")
-    bf16_base: bool = Field(True, description="hold the frozen weights in bf16 while training, "
-                            "hidden states in bf16 (False: fp32 hidden states, bf16 matmuls)")
     fsdp: bool = Field(False, description="under torchrun, shard the weights, gradients and "
                        "optimizer state over the K ranks (each holds ~1/K); method full only")
-    seed: int = 0
     resume: bool = True
 
     @field_validator("targets")
@@ -139,24 +131,6 @@ def sft_loss(model: torch.nn.Module, batch: dict, chunk_tokens: int = 1024
 
 
 # ---------------------------------------------------------------- data
-
-class PackedBatches:
-    """``Packed`` blocks as the loop's dataset of equal-size batches (last partial dropped)."""
-
-    def __init__(self, data: Packed, batch_size: int):
-        if len(data) < batch_size:
-            raise SlmError(f"the training data fills {len(data)} blocks, fewer than one batch of "
-                           f"{batch_size}", "add data, or lower batch_size or seq_len")
-        self.data, self.batch_size = data, batch_size
-
-    def __len__(self) -> int:
-        return len(self.data) // self.batch_size
-
-    def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self.data.batch(slice(i * self.batch_size, (i + 1) * self.batch_size))
-
 
 def prepare_data(cfg: FinetuneConfig, tokenizer) -> tuple[Packed, list[dict], dict]:
     """Train blocks and validation records of ``cfg.data``, and a summary of them."""
@@ -235,14 +209,14 @@ class EarlyStopper:
 
 # ---------------------------------------------------------------- run
 
-def _train_cfg(cfg: FinetuneConfig, steps: int):
+def _train_cfg(cfg: FinetuneConfig, steps: int) -> TrainConfig:
+    """The loop's config: ``cfg``'s training settings, with what this run derives from
+    the method and the number of steps."""
     every = cfg.eval_every or max(1, steps // 8)
-    return TrainConfig(lr=cfg.peak_lr(), warmup_steps=min(cfg.warmup_steps, steps // 4),
-                       max_steps=steps, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
-                       batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, bf16=True,
-                       eval_every=every, ckpt_every=max(every, 25), seed=cfg.seed,
-                       compile=cfg.compile, bf16_base=cfg.bf16_base,
-                       parallel="fsdp" if cfg.fsdp else "ddp", device=cfg.device)
+    return cfg.train_config(
+        steps, lr=cfg.peak_lr(), warmup_steps=min(cfg.warmup_steps, steps // 4),
+        eval_every=every, ckpt_every=max(every, 25) if cfg.ckpt_every is None else cfg.ckpt_every,
+        parallel="fsdp" if cfg.fsdp else "ddp")
 
 
 def _load(model) -> SLM:
@@ -271,7 +245,7 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
     fingerprint = adapters.base_fingerprint(slm.model)
     n_params = slm.n_params
     train_data, val_recs, info = prepare_data(cfg, slm.tokenizer)
-    batches = PackedBatches(train_data, cfg.batch_size)
+    batches = Batches(train_data.columns(), cfg.batch_size)
     steps = plan_steps(cfg, len(batches), world)
     torch.manual_seed(cfg.seed)              # the adapters' initial weights (LoRA A, DoRA)
     net = adapters.setup_model(slm.model, cfg.method, rank=cfg.rank, alpha=cfg.alpha,
@@ -288,9 +262,7 @@ def run_finetune(model: str | Path | SLM, out: str | Path, cfg: FinetuneConfig, 
     report["params"] = n_params
     if is_main():                            # under torchrun rank 0 writes
         _write_outputs(slm, net, cfg, work, out, fingerprint, report, overwrite)
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
+    barrier(world)
     return report
 
 
