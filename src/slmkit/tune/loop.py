@@ -390,7 +390,9 @@ def frozen_weights_in_bf16(model: nn.Module, enabled: bool, whole_base: bool = F
 
     Everything that runs the model inside the block must run under bf16 autocast on the
     CPU, as the loop's training steps and evaluations do (weights on other devices are
-    left alone).
+    left alone). A weight whose fp32 values are all bf16 numbers (Gemma 3, SmolLM2: they
+    ship in bf16) is held only as bf16 in the block and upcast again at its end, the same
+    values: on Gemma 3 270M that frees the 1.07 GB of fp32 weights while training.
     """
     saved = []
     if enabled and whole_base:
@@ -402,13 +404,24 @@ def frozen_weights_in_bf16(model: nn.Module, enabled: bool, whole_base: bool = F
         weights = []
     for w in weights:
         if not w.requires_grad and w.dtype == torch.float32 and w.device.type == "cpu":
-            saved.append((w, w.data))
-            w.data = w.data.to(torch.bfloat16)
+            half = w.data.to(torch.bfloat16)
+            # a weight that holds bf16 values (a checkpoint shipped in bf16) comes back
+            # exactly from its bf16 copy, so its fp32 tensor is not kept meanwhile
+            saved.append((w, None if _bf16_exact(w.data, half) else w.data))
+            w.data = half
     try:
         yield len(saved)
     finally:
         for w, data in saved:
-            w.data = data
+            w.data = w.data.float() if data is None else data
+
+
+def _bf16_exact(full: torch.Tensor, half: torch.Tensor, step: int = 1 << 22) -> bool:
+    """Whether fp32 ``full`` equals its bf16 copy ``half`` (compared in slices: no
+    full-size temporary)."""
+    a, b = full.reshape(-1), half.reshape(-1)
+    return all(torch.equal(a[i:i + step], b[i:i + step].float())
+               for i in range(0, a.numel(), step))
 
 
 # ---------------------------------------------------------------- checkpoints
