@@ -3,10 +3,14 @@ import json
 
 import pytest
 
+from slmkit.compress.prune.api import PruneConfig, prune_model
+from slmkit.errors import SlmError
+from slmkit.models.tiny import tiny_slm
 from slmkit.pipeline.build import Build
 from slmkit.pipeline.recipe import load_recipe
 
-RUNS = ["llama", "qwen2"]
+# Mistral: the Llama graph with a SentencePiece-style (byte-fallback) tokenizer
+RUNS = ["llama", "qwen2", "mistral"]
 
 
 @pytest.mark.parametrize("family", RUNS)
@@ -23,3 +27,11 @@ def test_tiny_recipe_runs_on_every_family(family, tmp_path):
     assert rows["prune"]["params"] < rows["vocab"]["params"]
     assert rows["export"]["engine"] == "llama.cpp" and 1 < rows["export"]["ppl"] < 1e4
 
+
+
+def test_width_pruning_refuses_a_mixture_of_experts_in_one_line():
+    """Mixtral's experts have no single MLP width: the width step says so and names the
+    method that does apply, before any calibration runs."""
+    model = tiny_slm("mixtral").model
+    with pytest.raises(SlmError, match="mixture-of-experts MLP of 'mixtral'.*depth"):
+        prune_model(model, None, PruneConfig(method="width", target=0.6))
