@@ -102,7 +102,7 @@ def lm_eval_results(out: Path) -> tuple[dict, dict]:
         f = sorted(glob.glob(str(out / "lm_eval" / "**" / f"samples_{local}_*.jsonl"),
                              recursive=True))[-1]
         rows = [json.loads(line) for line in open(f)]
-        picks[name] = {r["doc_id"]: [x[0][0] if isinstance(x[0], list) else x[0]
+        picks[name] = {r["doc_id"]: [float(x[0][0] if isinstance(x[0], list) else x[0])
                                      for x in r["filtered_resps"]] for r in rows}
     return res, picks
 
