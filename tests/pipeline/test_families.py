@@ -9,8 +9,9 @@ from slmkit.models.tiny import tiny_slm
 from slmkit.pipeline.build import Build
 from slmkit.pipeline.recipe import load_recipe
 
-# Mistral: the Llama graph with a SentencePiece-style (byte-fallback) tokenizer
-RUNS = ["llama", "qwen2", "mistral"]
+# Gemma 3: byte-fallback tokenizer, tied head, sliding-window layers; Mistral: the Llama
+# graph with a byte-fallback tokenizer
+RUNS = ["llama", "qwen2", "gemma3_text", "mistral"]
 
 
 @pytest.mark.parametrize("family", RUNS)
