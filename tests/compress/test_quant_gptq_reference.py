@@ -12,9 +12,9 @@ float32 scales they reach the same output error.
 """
 import torch
 
-from slmkit.compress.quantize.formats import _scale_up_fp16
+from slmkit.models.packed.formats import _scale_up_fp16
 from slmkit.compress.quantize.gptq import gptq_weight, output_error
-from slmkit.compress.quantize.qlinear import QuantLinear
+from slmkit.models.packed.qlinear import QuantLinear
 
 
 def paper_gptq(w, h, group=128, bits=4, block=128, percdamp=0.01, fp16_scale=False):
