@@ -1,13 +1,14 @@
 """Benchmark scoring speed: batched questions, one question at a time, one pass per choice.
 
-``batched`` (what ``slm eval --task`` does): on llama.cpp several questions go
+``batched`` (``score_task(batch=True)``): on llama.cpp several questions go
 into one decode call, each choice a KV-cache sequence sharing its question's
 prefix cells (engines/llamacpp_score.py); on PyTorch each question's prompt runs
-once and its choices continue as one batch. ``per-question``: the prompt shared
-by its choices, one question per call (llama.cpp's KV-cache reuse through
+once and its choices continue as one batch. ``per-question`` (what ``slm eval
+--task`` does): the prompt shared by its choices, one question per call (llama.cpp's KV-cache reuse through
 llama-cpp-python). ``naive``: prompt + choice through the model once per
-choice, as a plain loop would. All give the same scores
-(tests/engines/test_llamacpp_score.py, tests/evaluate/test_tasks.py); this
+choice, as a plain loop would. On the tiny test model all give the same scores
+(tests/engines/test_llamacpp_score.py, tests/evaluate/test_tasks.py); on
+SmolLM2-135M Q4_1 the batched path's do not (BENCHMARKS.md). This
 prints the time of each, side by side, on the same questions, the accuracies
 (which must agree), and on llama.cpp the decode calls and tokens of the
 batched path.

@@ -38,7 +38,7 @@ def _questions(n: int, seed: int = 0) -> list[list[tuple[str, str]]]:
 
 def test_batched_equals_one_pass_per_choice(cpp):
     qs = _questions(40)
-    fast = score_questions(cpp, qs)
+    fast = score_questions(cpp, qs, batch=True)
     slow = score_questions(cpp, qs, naive=True)
     calls = cpp._scorer.decode_calls
     assert 1 < calls < len(qs) / 4                    # several questions per call
@@ -79,7 +79,7 @@ def test_task_accuracy_equal_batched_and_naive(cpp, tmp_path):
                                        "choices": rng.sample(WORDS, 3),
                                        "answer": rng.randrange(3)}) for i in range(50)))
     task = T.resolve_tasks(str(f))[0]
-    fast = T.score_task(cpp, task, progress=False)
+    fast = T.score_task(cpp, task, batch=True, progress=False)
     slow = T.score_task(cpp, task, naive=True, progress=False)
     assert (fast["acc"], fast["acc_norm"]) == (slow["acc"], slow["acc_norm"])
     assert fast["n"] == 50

@@ -341,12 +341,14 @@ def _argmax(xs: list[float]) -> int:
 
 
 def score_task(engine, task: Task, *, limit: int | None = None, num_fewshot: int = 0,
-               seed: int = SEED, naive: bool = False, batch: bool = True,
+               seed: int = SEED, naive: bool = False, batch: bool = False,
                keep_scores: bool = False, progress: bool = True) -> dict:
     """Score one task on an open engine; see :func:`run_tasks` for the result.
 
-    ``batch=False`` scores one question per call (its prompt still shared by its
-    choices) instead of packing :data:`CHUNK` questions at a time; ``keep_scores``
+    By default each question is one call (its prompt shared by its choices);
+    ``batch=True`` packs :data:`CHUNK` questions into one llama.cpp decode call, which
+    is off by default because on SmolLM2-135M Q4_1 several sequences in one call do
+    not give the scores of one sequence at a time (BENCHMARKS.md); ``keep_scores``
     adds ``"scores"``: each question's choice log-likelihoods, in question order.
     """
     t0 = time.perf_counter()

@@ -46,7 +46,9 @@ class TrainSettings(BaseModel):
                             "bf16 as in the checkpoint's own dtype; False = fp32 hidden "
                             "states (only the frozen Linear weights in bf16: plain "
                             "autocast's numbers)")
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = Field(False, description="recompute each decoder layer's "
+                                     "activations in the backward pass: less memory, "
+                                     "more compute")
     compile: bool | None = Field(None, description="torch.compile each decoder layer; None = "
                                  f"when the model has >= {COMPILE_MIN_PARAMS // 10**6}M "
                                  f"parameters and the run >= {COMPILE_MIN_STEPS} steps")
